@@ -1,0 +1,34 @@
+# detforge: `make demo` trains on the built-in dataset, `make test` runs the suite.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch>=2.4 torchvision>=0.19
+
+.PHONY: install install-test demo test clean
+
+$(BIN)/python:
+	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (set PY=python3 to use another)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/detforge train name=demo exist_ok=true
+
+test: install-test
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,237 @@
+"""One typed configuration: defaults < model preset < cfg=YAML file < key=value.
+
+OmegaConf merges the layers (YAML and dotted ``key=value`` lists); pydantic validates the
+result, so a bad key or value is refused with a message that names the key, the allowed
+values and the closest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration the user must fix; the message says how."""
+
+
+Optimizer = Literal["auto", "sgd", "adam", "adamw", "nadam", "radam", "rmsprop", "lars", "lamb"]
+Scheduler = Literal["cosine", "step", "onecycle", "linear", "constant", "sgdr"]
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a run. ``key=value`` on the command line mirrors these fields."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # what and where
+    model: str = Field("dfine-n", description="model name (see `detforge models`) or a .pt checkpoint")
+    data: str | None = Field(None, description="dataset folder, data.yaml, or None for the built-in set")
+    pretrained: str | None = Field(None, description="local checkpoint to initialise matching tensors from")
+    num_classes: int | None = Field(None, ge=1, description="override the class count (default: from data)")
+    project: str = "runs"
+    name: str | None = None
+    exist_ok: bool = False
+    resume: bool | str = False
+
+    # input
+    imgsz: int = Field(640, ge=32, description="square training/validation input size")
+    batch: float = Field(16, description="images per step; -1 auto, 0<x<1 fraction of GPU memory")
+    workers: int = Field(2, ge=0)
+    device: str = Field("auto", description="auto, cpu, cuda, 0 or 0,1,2,3")
+    fraction: float = Field(1.0, gt=0, le=1, description="train on this deterministic fraction of images")
+    cache: Literal["false", "ram", "disk"] = "false"
+    resize_mode: Literal["stretch", "letterbox"] = "stretch"
+    multi_scale: float = Field(0.0, ge=0, lt=1, description="per-batch size in [1-x, 1+x] * imgsz")
+    ignore_background_epochs: int = Field(0, ge=0)
+
+    # schedule
+    epochs: int = Field(100, ge=1)
+    optimizer: Optimizer = "auto"
+    lr0: float | None = Field(None, gt=0, description="initial lr (default: from optimizer/model recipe)")
+    lrf: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of lr0")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float | None = Field(None, ge=0)
+    backbone_lr_mult: float | None = Field(None, gt=0, description="backbone lr = lr0 * this")
+    scheduler: Scheduler = "cosine"
+    warmup_epochs: float = Field(3.0, ge=0)
+    warmup_iters: int | None = Field(None, ge=0, description="overrides warmup_epochs when set")
+    warmup_bias_lr: float = Field(0.0, ge=0)
+    step_milestones: list[float] = Field(default_factory=lambda: [0.7, 0.9])
+    step_gamma: float = Field(0.1, gt=0, le=1)
+    sgdr_cycle: float = Field(10, gt=0, description="first SGDR cycle length in epochs")
+    sgdr_mult: float = Field(1.0, ge=1)
+    sgdr_decay: float = Field(1.0, gt=0, le=1)
+    lr_scale: Literal["none", "linear", "sqrt"] = "none"
+    nominal_batch: int = Field(64, ge=1)
+    lars_trust_coef: float = Field(0.001, gt=0)
+    adapt_all: bool = Field(False, description="LARS/LAMB adapt and decay biases and norms too")
+    trust_ratio_every: int = Field(0, ge=0, description="log LARS/LAMB trust ratios every N steps")
+
+    # recipe
+    ema: bool = True
+    ema_decay: float = Field(0.9999, gt=0, lt=1)
+    ema_warmup: int = Field(2000, ge=0, description="iterations of the EMA decay ramp")
+    amp: bool = True
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
+    accumulate: int = Field(1, ge=1)
+    clip_grad: float = Field(0.0, ge=0, description="max grad norm; 0 disables")
+    patience: int = Field(0, ge=0, description="epochs without fitness gain before stopping; 0 off")
+    save_period: int = Field(0, ge=0)
+    val_period: int = Field(1, ge=1)
+    seed: int = 0
+    deterministic: bool = False
+    max_bad_steps: int = Field(5, ge=1, description="non-finite losses in a row that stop the run")
+    recipe: Literal["default", "cooldet"] = "default"
+
+    # distributed
+    parallel: Literal["ddp", "zero1", "fsdp"] = "ddp"
+    sync_bn: bool = False
+
+    # augmentation
+    mosaic: float = Field(1.0, ge=0, le=1)
+    close_mosaic: int = Field(10, ge=0)
+    mixup: float = Field(0.0, ge=0, le=1)
+    mixup_mode: Literal["overlay", "geometry"] = "overlay"
+    cutout: float = Field(0.0, ge=0, le=1)
+    degrees: float = Field(0.0, ge=0, le=180)
+    translate: float = Field(0.1, ge=0, le=1)
+    scale: float = Field(0.5, ge=0, lt=1)
+    shear: float = Field(0.0, ge=0, le=90)
+    hsv_h: float = Field(0.015, ge=0, le=1)
+    hsv_s: float = Field(0.7, ge=0, le=1)
+    hsv_v: float = Field(0.4, ge=0, le=1)
+    brightness: float = Field(0.0, ge=0, le=1)
+    gamma: float = Field(0.0, ge=0, le=1)
+    blur: float = Field(0.0, ge=0, le=1)
+    noise: float = Field(0.0, ge=0, le=1)
+    to_gray: float = Field(0.0, ge=0, le=1)
+    fliplr: float = Field(0.5, ge=0, le=1)
+    flipud: float = Field(0.0, ge=0, le=1)
+    rot90: float = Field(0.0, ge=0, le=1)
+    min_box_size: float = Field(2.0, ge=0, description="boxes smaller (px) after augmentation are dropped")
+    min_box_visibility: float = Field(0.1, ge=0, le=1, description="minimum kept fraction of a box's area")
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+    # evaluation
+    conf: float = Field(0.5, ge=0, le=1, description="confidence threshold for P/R/F1/IoU")
+    iou_thr: float = Field(0.5, gt=0, lt=1, description="IoU above which a prediction is a TP")
+    max_det: int = Field(300, ge=1)
+    fitness: Literal["map50_f1", "map50_95", "map50", "f1"] = "map50_f1"
+
+    # logging
+    logger: list[str] = Field(default_factory=lambda: ["tensorboard"])
+    plots: bool = True
+    verbose: bool = True
+
+    @field_validator("batch")
+    @classmethod
+    def _batch(cls, v: float) -> float:
+        if v == -1 or 0 < v < 1 or (v >= 1 and float(v).is_integer()):
+            return v
+        raise ValueError("batch must be a positive integer, -1 (auto) or a fraction in (0, 1)")
+
+    @field_validator("logger", mode="before")
+    @classmethod
+    def _logger(cls, v: Any) -> list[str]:
+        if v is None or v is False or v == "none":
+            return []
+        items = [v] if isinstance(v, str) else list(v)
+        allowed = {"tensorboard", "wandb", "clearml", "mlflow"}
+        for item in items:
+            if item not in allowed:
+                raise ValueError(f"unknown logger {item!r}; allowed: {sorted(allowed)}")
+        return items
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, v: Any) -> str:
+        if v is False or v is None:
+            return "false"
+        if v is True:
+            return "ram"
+        return str(v).lower()
+
+
+FIELDS = list(TrainConfig.model_fields)
+
+
+def closest_key(key: str, keys: list[str] | None = None) -> str | None:
+    match = difflib.get_close_matches(key, keys or FIELDS, n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def _format_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            hint = closest_key(key)
+            lines.append(f"unknown key '{key}'" + (f"; did you mean '{hint}'?" if hint else ""))
+            continue
+        msg = e["msg"]
+        allowed = (e.get("ctx") or {}).get("expected")
+        if allowed:
+            msg = f"allowed values: {allowed}"
+        lines.append(f"bad value {e.get('input')!r} for '{key}': {msg}")
+    return "; ".join(lines)
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["epochs=3", "device=cpu"]`` -> typed dict (YAML scalars: 3 -> int, true -> bool)."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"argument '{arg}' is not key=value (e.g. epochs=10)")
+        key, value = arg.split("=", 1)
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not key:
+            raise ConfigError(f"argument '{arg}' has an empty key")
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        # keep things like 0,1 (device lists) and names like 1e-3abc as strings
+        if isinstance(parsed, (dict,)):
+            parsed = value
+        out[key] = parsed
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"cfg file not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def build_config(
+    overrides: dict[str, Any] | None = None,
+    preset: dict[str, Any] | None = None,
+    cfg_file: str | Path | None = None,
+    model_cls: type[BaseModel] = TrainConfig,
+) -> Any:
+    """Merge defaults < preset < YAML file < overrides and validate."""
+    layers = [OmegaConf.create(preset or {})]
+    if cfg_file:
+        layers.append(OmegaConf.create(load_yaml(cfg_file)))
+    layers.append(OmegaConf.create({k: v for k, v in (overrides or {}).items()}))
+    merged = OmegaConf.to_container(OmegaConf.merge(*layers), resolve=True)
+    if "device" in merged and merged["device"] is not None:
+        merged["device"] = str(merged["device"])
+    try:
+        return model_cls(**merged)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def config_to_yaml(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

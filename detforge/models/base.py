@@ -1,0 +1,52 @@
+"""The interface every detector family implements, so the trainer, evaluator, exporter and
+predictor never need to know which family they hold.
+
+Conventions (the same for every family):
+- input ``images``: float32 [B, 3, H, W], RGB scaled to 0..1 (a model applies its own
+  mean/std inside ``forward`` if it wants one, so exported graphs take the same input);
+- ``targets``: one dict per image with ``boxes`` float32 [N, 4] absolute xyxy in input-tensor
+  pixels and ``labels`` int64 [N] (0-based); N may be 0 (background image);
+- training forward (``model.train()`` and targets given) returns a dict of *weighted* loss
+  terms whose sum is the loss to minimise;
+- evaluation forward returns the family's raw outputs; ``postprocess`` turns them into one
+  dict per image with ``boxes`` (xyxy, input pixels), ``scores`` (descending) and ``labels``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class DetectionModel(nn.Module):
+    family: str = "base"
+    # largest feature stride: multi-scale sizes and letterbox padding round to it
+    stride: int = 32
+    # state-dict prefixes that get ``backbone_lr_mult``
+    backbone_prefixes: tuple[str, ...] = ("backbone.",)
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+
+    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
+        raise NotImplementedError
+
+    def postprocess(self, outputs: Any, input_hw: tuple[int, int], max_det: int = 300) -> list[dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def export_forward(self, images: torch.Tensor, max_det: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Graph-friendly inference with post-processing inside: (boxes [B,K,4] xyxy input px,
+        scores [B,K], labels [B,K]) with a fixed K = max_det."""
+        raise NotImplementedError
+
+    def deploy(self) -> "DetectionModel":
+        """Switch to the inference form (fused branches, training-only heads dropped)."""
+        return self
+
+    @staticmethod
+    def recipe() -> dict[str, Any]:
+        """Default hyperparameters of this family (keys are TrainConfig fields)."""
+        return {}
