@@ -124,6 +124,23 @@ class TrainConfig(BaseModel):
     max_det: int = Field(300, ge=1)
     fitness: Literal["map50_f1", "map50_95", "map50", "f1"] = "map50_f1"
 
+    # val / predict / export / eval / bench
+    split: Literal["train", "val", "test"] = "val"
+    source: str | None = Field(None, description="image, folder, glob or video for predict")
+    save: bool = True
+    save_txt: bool = False
+    save_json: bool = False
+    save_dir: str | None = None
+    cut_padding: bool = False
+    format: Literal["onnx", "openvino", "tensorrt"] = "onnx"
+    dynamic: bool = False
+    half: bool = False
+    opset: int = Field(17, ge=11)
+    gt: str | None = None
+    pred: str | None = None
+    backend: str | None = None
+    threads: int | None = Field(None, ge=1)
+
     # logging
     logger: list[str] = Field(default_factory=lambda: ["tensorboard"])
     plots: bool = True

@@ -1,0 +1,5 @@
+import sys
+
+from detforge.cli import main
+
+sys.exit(main())

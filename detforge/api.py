@@ -1,0 +1,152 @@
+"""The Python API; the command line is a thin layer over it.
+
+    from detforge import Detector
+    det = Detector("dfine-n", num_classes=3)          # a fresh model
+    det.train(data="path/to/data", epochs=50)          # -> metrics of the best epoch
+    det = Detector("runs/train/weights/best.pt")       # a trained checkpoint
+    det.val(data="path/to/data")                       # -> metrics
+    det.predict("image.jpg", conf=0.5)                 # -> [Detections]
+    det.export(format="onnx")                          # -> path of the written file
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detforge.config import TrainConfig, build_config
+from detforge.engine.checkpoint import find_state_dict, load_checkpoint, load_matching, load_pretrained
+from detforge.models.zoo import build_model
+from detforge.utils.runtime import increment_path, select_device, setup_logging
+
+LOG = logging.getLogger("detforge")
+
+
+def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A detforge checkpoint -> (model with its weights, the checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    if "model_name" not in ckpt:
+        raise ValueError(
+            f"{path}: not a detforge checkpoint (no 'model_name'); to start from foreign weights use "
+            "pretrained=PATH with a model name, e.g. model=dfine-s pretrained=PATH"
+        )
+    model = build_model(ckpt["model_name"], int(ckpt["num_classes"]))
+    sd = find_state_dict(ckpt, prefer_ema=prefer_ema)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        LOG.warning("%s: %d missing and %d unexpected tensors", path, len(missing), len(unexpected))
+    model.eval()
+    return model, ckpt
+
+
+class Detector:
+    def __init__(
+        self,
+        model: str = "dfine-n",
+        num_classes: int | None = None,
+        pretrained: str | None = None,
+        names: list[str] | None = None,
+    ) -> None:
+        setup_logging()
+        self.source = str(model)
+        self.pretrained = pretrained
+        self.ckpt: dict[str, Any] | None = None
+        if self.source.endswith(".pt"):
+            self.model, self.ckpt = load_detector_checkpoint(self.source)
+            self.names = list(self.ckpt.get("names") or [str(i) for i in range(self.model.num_classes)])
+            if num_classes and num_classes != self.model.num_classes:
+                raise ValueError(f"{model} was trained for {self.model.num_classes} classes, not {num_classes}")
+        else:
+            k = num_classes or (len(names) if names else 80)
+            self.model = build_model(self.source, k)
+            self.names = list(names) if names else [str(i) for i in range(k)]
+            if pretrained:
+                self.pretrained_report = load_pretrained(self.model, pretrained)
+        self.num_classes = self.model.num_classes
+
+    # ---------------------------------------------------------------- training
+    def train(self, **overrides: Any) -> dict[str, Any]:
+        from detforge.engine.trainer import Trainer
+
+        args = {"model": self.source}
+        if self.pretrained:
+            args["pretrained"] = self.pretrained
+        args.update(overrides)
+        cfg = build_config(args, cfg_file=overrides.pop("cfg", None))
+        trainer = Trainer(cfg)
+        metrics = trainer.train()
+        best = Path(metrics["save_dir"]) / "weights" / "best.pt"
+        if best.is_file():
+            self.__init__(str(best))
+        return metrics
+
+    # ---------------------------------------------------------------- evaluation
+    def _settings(self) -> dict[str, Any]:
+        saved = (self.ckpt or {}).get("config") or {}
+        return {k: saved[k] for k in ("imgsz", "resize_mode", "conf", "iou_thr", "data") if k in saved}
+
+    def val(self, **overrides: Any) -> dict[str, Any]:
+        from detforge.data.dataset import DetectionDataset
+        from detforge.data.formats import load_dataset
+        from detforge.data.loader import build_dataloader
+        from detforge.engine.validator import evaluate
+
+        args = {**self._settings(), "model": self.source, **overrides}
+        cfg = build_config(args)
+        device = select_device(cfg.device)
+        data = load_dataset(cfg.data)
+        samples = data.splits.get(cfg.split) or []
+        if not samples:
+            raise ValueError(f"{data.root}: split '{cfg.split}' has no images (splits: {sorted(data.splits)})")
+        if len(data.names) != self.num_classes:
+            raise ValueError(f"the model has {self.num_classes} classes but {data.root} names {len(data.names)}")
+        dataset = DetectionDataset(samples, cfg, train=False)
+        loader = build_dataloader(dataset, max(1, int(cfg.batch if cfg.batch >= 1 else 16)), train=False,
+                                  workers=cfg.workers, seed=cfg.seed)
+        self.model.to(device)
+        amp = torch.float16 if (cfg.amp and device.type == "cuda") else None
+        metrics, evaluator, _ = evaluate(self.model, loader, self.names, cfg.conf, cfg.iou_thr, device, amp, cfg.max_det)
+        from detforge.eval.evaluator import fitness
+
+        metrics["fitness"] = fitness(metrics, cfg.fitness)
+        save_dir = Path(cfg.save_dir) if cfg.save_dir else increment_path(Path(cfg.project) / "val" / "val")
+        save_dir.mkdir(parents=True, exist_ok=True)
+        (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+        if cfg.plots:
+            evaluator.save_plots(save_dir)
+        LOG.info(
+            "val %s on %s/%s (%d images): mAP50-95 %.4f  mAP50 %.4f  P %.3f  R %.3f  F1 %.3f  IoU %.3f -> %s",
+            self.source, data.root, cfg.split, len(samples), metrics["map50_95"], metrics["map50"],
+            metrics["precision"], metrics["recall"], metrics["f1"], metrics["iou"], save_dir,
+        )
+        metrics["save_dir"] = str(save_dir)
+        return metrics
+
+    # ---------------------------------------------------------------- deployment
+    def predictor(self, conf: float = 0.25, imgsz: int | None = None, device: str = "auto"):
+        from detforge.infer.predictor import Predictor
+
+        s = self._settings()
+        return Predictor.from_model(
+            self.model, self.names, imgsz=imgsz or s.get("imgsz", 640),
+            resize_mode=s.get("resize_mode", "stretch"), conf=conf, device=device,
+        )
+
+    def predict(self, source, conf: float = 0.25, imgsz: int | None = None):
+        return self.predictor(conf=conf, imgsz=imgsz).predict(source)
+
+    def export(self, format: str = "onnx", **kw: Any) -> Path:
+        from detforge.export import export_model
+
+        s = self._settings()
+        kw.setdefault("imgsz", s.get("imgsz", 640))
+        kw.setdefault("resize_mode", s.get("resize_mode", "stretch"))
+        out = kw.pop("out", None) or (Path(self.source).with_suffix("") if self.source.endswith(".pt") else Path(self.source))
+        return export_model(self.model, self.names, format=format, out=out, **kw)
+
+
+__all__ = ["Detector", "TrainConfig", "load_detector_checkpoint"]

@@ -1,0 +1,162 @@
+"""Checkpoints: atomic writes, loads that never run pickled code, tolerant weight transfer.
+
+A detforge checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
+loads with ``torch.load(weights_only=True)``: a file that needs anything else (a pickled
+class, a function) is refused instead of executed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+LOG = logging.getLogger("detforge")
+FORMAT = "detforge-checkpoint-v1"
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, fsync, then rename over ``path``:
+    a kill at any moment leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds pickled objects other than tensors and plain "
+            f"values, which could execute code ({str(e).splitlines()[0][:200]}). Only load files you "
+            "trust; re-save trusted weights as a plain state dict."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    return obj
+
+
+# ---------------------------------------------------------------- RNG state (plain types only)
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ---------------------------------------------------------------- weight transfer
+def find_state_dict(obj: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """The model weights inside any of the layouts users bring: a detforge checkpoint
+    ('ema' / 'model'), an official D-FINE / RT-DETR file ('ema': {'module': sd} or 'model'),
+    Ultralytics-free plain state dicts, or 'state_dict' (Lightning)."""
+    order = ("ema", "model", "state_dict", "module") if prefer_ema else ("model", "ema", "state_dict", "module")
+    for key in order:
+        inner = obj.get(key)
+        if isinstance(inner, dict) and inner:
+            if "module" in inner and isinstance(inner["module"], dict):
+                inner = inner["module"]
+            if all(isinstance(v, torch.Tensor) for v in inner.values()):
+                return inner
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise CheckpointError("no state dict found (looked for 'ema', 'model', 'state_dict' or plain tensors)")
+
+
+def strip_prefix(sd: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if k.startswith(p):
+                    k, changed = k[len(p):], True
+        out[k] = v
+    return out
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str = "") -> dict[str, Any]:
+    """Copy every tensor whose name and shape match; report what was skipped and why."""
+    state = strip_prefix(state)
+    own = model.state_dict()
+    loaded, shape_mismatch, unexpected = [], [], []
+    to_load = {}
+    for k, v in state.items():
+        if k not in own:
+            unexpected.append(k)
+        elif tuple(own[k].shape) != tuple(v.shape):
+            shape_mismatch.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}")
+        else:
+            to_load[k] = v
+            loaded.append(k)
+    model.load_state_dict(to_load, strict=False)
+    missing = [k for k in own if k not in to_load]
+    report = {
+        "source": source,
+        "loaded": len(loaded),
+        "total": len(own),
+        "shape_mismatch": shape_mismatch,
+        "missing": missing,
+        "unexpected": unexpected,
+    }
+    LOG.info(
+        "pretrained %s: loaded %d/%d tensors; %d skipped for shape (e.g. a different class count), "
+        "%d missing from the file, %d in the file but not in the model",
+        source or "weights", len(loaded), len(own), len(shape_mismatch), len(missing), len(unexpected),
+    )
+    for line in shape_mismatch[:10]:
+        LOG.info("  shape mismatch: %s", line)
+    return report
+
+
+def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
+    obj = load_checkpoint(path)
+    return load_matching(model, find_state_dict(obj), source=str(path))

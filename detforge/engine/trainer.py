@@ -1,0 +1,498 @@
+"""The training loop: AMP, accumulation, clipping, EMA, schedule, validation, early stop,
+checkpoints and resume. One class, driven by one TrainConfig.
+
+Reproducibility: every epoch reseeds torch/numpy/random from (seed, epoch) and the data
+pipeline seeds each sample from (seed, epoch, index), so a run resumed from last.pt replays
+the interrupted epoch exactly as an uninterrupted run would have."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detforge.config import ConfigError, TrainConfig, config_to_yaml
+from detforge.data.dataset import DetectionDataset
+from detforge.data.formats import load_dataset
+from detforge.data.loader import build_dataloader, loader_set_epoch, multi_scale_size, resize_batch
+from detforge.engine import distributed as dist_utils
+from detforge.engine.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    load_pretrained,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from detforge.engine.ema import ModelEMA
+from detforge.engine.optim import apply_recipe, build_optimizer
+from detforge.engine.schedule import LRSchedule
+from detforge.engine.validator import evaluate
+from detforge.eval.evaluator import fitness as fitness_of
+from detforge.models.zoo import build_model
+from detforge.utils.runtime import add_file_log, increment_path, memory_used, seed_everything, select_device, setup_logging
+
+LOG = logging.getLogger("detforge")
+METRIC_KEYS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def resolve_resume(cfg: TrainConfig) -> Path | None:
+    if cfg.resume is False or cfg.resume in ("false", "False", None):
+        return None
+    if cfg.resume is True or str(cfg.resume).lower() == "true":
+        found = sorted(Path(cfg.project).glob("**/weights/last.pt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"resume=true: no weights/last.pt under project={cfg.project}")
+        return found[-1]
+    path = Path(str(cfg.resume))
+    if not path.is_file():
+        raise ConfigError(f"resume={cfg.resume}: file not found")
+    return path
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, model: torch.nn.Module | None = None) -> None:
+        self.resume_from = resolve_resume(cfg)
+        self.resume_ckpt: dict[str, Any] | None = None
+        if self.resume_from is not None:
+            self.resume_ckpt = load_checkpoint(self.resume_from)
+            keep = {"device": cfg.device, "workers": cfg.workers, "resume": cfg.resume}
+            if cfg.epochs != TrainConfig.model_fields["epochs"].default:
+                keep["epochs"] = cfg.epochs  # allow extending a finished run
+            cfg = TrainConfig(**{**self.resume_ckpt["config"], **keep})
+        if cfg.recipe == "cooldet":
+            cfg = apply_recipe(cfg)
+        self.cfg = cfg
+        self.dist = dist_utils.env_info()
+        setup_logging(cfg.verbose, self.dist.rank)
+        self.device = select_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
+        dist_utils.init_process_group(self.dist, self.device.type == "cuda")
+        self.is_main = self.dist.is_main
+        self._model_in = model
+        self.history: list[dict[str, Any]] = []
+        self.best_fitness = -math.inf
+        self.best_epoch = -1
+        self.start_epoch = 0
+        self.iteration = 0
+        self.bad_steps_total = 0
+
+    # ------------------------------------------------------------------ set-up
+    def _run_dir(self) -> Path:
+        if self.resume_from is not None:
+            return self.resume_from.parent.parent
+        base = Path(self.cfg.project) / (self.cfg.name or "train")
+        path = increment_path(base, self.cfg.exist_ok) if self.is_main else base
+        return Path(dist_utils.broadcast_object(str(path)))
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
+        self.save_dir = self._run_dir()
+        self.weights_dir = self.save_dir / "weights"
+        self.plots_dir = self.save_dir / "plots"
+        if self.is_main:
+            self.weights_dir.mkdir(parents=True, exist_ok=True)
+            self.plots_dir.mkdir(parents=True, exist_ok=True)
+            add_file_log(self.save_dir / "train.log")
+        dist_utils.barrier()
+
+        self.data = load_dataset(cfg.data)
+        self.names = list(self.data.names)
+        if cfg.num_classes and cfg.num_classes != len(self.names):
+            raise ConfigError(
+                f"num_classes={cfg.num_classes} but the dataset names {len(self.names)} classes ({self.names})"
+            )
+        counts = self.data.problem_counts()
+        if counts:
+            LOG.warning(
+                "data: %d problems found while reading %s (%s); run `detforge data check data=%s` for the files",
+                sum(counts.values()), self.data.root, ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())),
+                cfg.data or "<built-in>",
+            )
+        train_samples = self.data.splits.get("train") or []
+        val_samples = self.data.splits.get("val") or self.data.splits.get("test") or []
+        if not train_samples:
+            raise ConfigError(f"{self.data.root}: the train split has no usable images")
+        if not val_samples:
+            raise ConfigError(f"{self.data.root}: no val (or test) split to validate on")
+
+        self.model = self._build_model()
+        recipe = self.model.recipe() if hasattr(self.model, "recipe") else {}
+        self.model.to(self.device)
+
+        self.train_set = DetectionDataset(train_samples, cfg, train=True, cache=cfg.cache)
+        self.val_set = DetectionDataset(val_samples, cfg, train=False, cache=cfg.cache)
+        self.batch_size = self._resolve_batch()
+        per_rank = max(1, self.batch_size // self.dist.world_size) if self.dist.enabled else self.batch_size
+        self.train_loader = build_dataloader(
+            self.train_set, per_rank, train=True, workers=cfg.workers, seed=cfg.seed,
+            distributed=self.dist.enabled, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+        self.val_loader = build_dataloader(
+            self.val_set, per_rank * 2, train=False, workers=cfg.workers, seed=cfg.seed,
+            distributed=self.dist.enabled, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+        self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.accumulate))
+
+        self.optimizer, opt_info = build_optimizer(
+            self.model, cfg, dataset_size=len(self.train_set), iters_per_epoch=self.iters_per_epoch,
+            world_size=self.dist.world_size, recipe=recipe,
+        )
+        LOG.info("optimizer: %s", opt_info.get("summary", opt_info))
+        self.schedule = LRSchedule(cfg, self.iters_per_epoch, cfg.epochs)
+        self.ema = ModelEMA(self.model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
+        self.amp_dtype = None
+        if cfg.amp and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.train_model = self._wrap_distributed(self.model)
+        if self.resume_ckpt is not None:
+            self._restore(self.resume_ckpt)
+        self.trust_logger = None
+        if cfg.trust_ratio_every and cfg.optimizer in ("lars", "lamb") and self.is_main:
+            from detforge.engine.trust_ratio import TrustRatioLogger
+
+            self.trust_logger = TrustRatioLogger(
+                self.model, self.optimizer, cfg.trust_ratio_every, self.save_dir / "trust_ratio.csv"
+            )
+        self.tb = self._tensorboard() if self.is_main else None
+        if self.is_main:
+            (self.save_dir / "config.yaml").write_text(config_to_yaml(cfg))
+            LOG.info(
+                "detforge train: %s on %s | %d train / %d val images, %d classes | batch %d, %d epochs | %s",
+                getattr(self.model, "model_name", cfg.model), self.device, len(self.train_set), len(self.val_set),
+                len(self.names), self.batch_size, cfg.epochs, self.save_dir,
+            )
+
+    def _build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        if self._model_in is not None:
+            return self._model_in
+        num_classes = len(self.names)
+        if cfg.model.endswith(".pt"):
+            ckpt = load_checkpoint(cfg.model)
+            model = build_model(ckpt["model_name"], num_classes)
+            from detforge.engine.checkpoint import find_state_dict, load_matching
+
+            load_matching(model, find_state_dict(ckpt), source=cfg.model)
+        else:
+            model = build_model(cfg.model, num_classes)
+        if cfg.pretrained:
+            load_pretrained(model, cfg.pretrained)
+        return model
+
+    def _resolve_batch(self) -> int:
+        b = self.cfg.batch
+        if b >= 1:
+            return int(b)
+        from detforge.engine.autobatch import auto_batch
+
+        fraction = 0.6 if b == -1 else float(b)
+        return auto_batch(self.model, self.cfg, self.device, fraction=fraction)
+
+    def _wrap_distributed(self, model: torch.nn.Module) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return model
+        from detforge.engine.parallel import wrap_model
+
+        return wrap_model(model, self.cfg, self.device)
+
+    def _tensorboard(self):
+        if "tensorboard" not in self.cfg.logger:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            LOG.warning("logger=tensorboard: tensorboard is not installed; skipping")
+            return None
+        return SummaryWriter(str(self.save_dir))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _payload(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model_name": getattr(self.model, "model_name", self.cfg.model),
+            "num_classes": len(self.names),
+            "names": self.names,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema else None,
+            "ema_updates": self.ema.updates if self.ema else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": epoch,
+            "iteration": self.iteration,
+            "best_fitness": self.best_fitness,
+            "best_epoch": self.best_epoch,
+            "history": self.history,
+            "bad_steps_total": self.bad_steps_total,
+            "metrics": {k: v for k, v in metrics.items() if k != "per_class" and not isinstance(v, list)},
+            "config": self.cfg.model_dump(mode="json"),
+            "imgsz": self.cfg.imgsz,
+            "resize_mode": self.cfg.resize_mode,
+            "conf": self.cfg.conf,
+            "rng": rng_state(),
+        }
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        if self.ema and ckpt.get("ema") is not None:
+            self.ema.module.load_state_dict(ckpt["ema"])
+            self.ema.updates = int(ckpt.get("ema_updates", 0))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.schedule.load_state_dict(ckpt["schedule"])
+        self.start_epoch = int(ckpt["epoch"]) + 1
+        self.iteration = int(ckpt["iteration"])
+        self.best_fitness = float(ckpt["best_fitness"])
+        self.best_epoch = int(ckpt.get("best_epoch", -1))
+        self.history = list(ckpt.get("history", []))
+        self.bad_steps_total = int(ckpt.get("bad_steps_total", 0))
+        set_rng_state(ckpt["rng"])
+        LOG.info("resumed from %s at epoch %d", self.resume_from, self.start_epoch + 1)
+
+    # ------------------------------------------------------------------ loop
+    def _targets_to_device(self, targets):
+        return [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+
+    def _optimizer_step(self) -> None:
+        cfg = self.cfg
+        self.scaler.unscale_(self.optimizer)
+        if cfg.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+        if self.trust_logger is not None:
+            self.trust_logger.maybe_log(self.iteration)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.model)
+        self.iteration += 1
+        self.schedule.step(self.optimizer, self.iteration)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        # per-epoch reseed: a resumed run replays this epoch exactly
+        seed = cfg.seed + 1000 * epoch + self.dist.rank
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+        loader_set_epoch(self.train_loader, epoch)
+        self.train_model.train()
+        self.schedule.step(self.optimizer, self.iteration)
+        rng = np.random.default_rng(seed)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
+        )
+        sums: dict[str, float] = {}
+        n_batches = len(self.train_loader)
+        bad_in_row = 0
+        micro = 0
+        bar = tqdm(
+            self.train_loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (self.is_main and cfg.verbose), dynamic_ncols=True, leave=True,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, (images, targets, _metas) in enumerate(bar):
+            if epoch == self.start_epoch and i < 3 and self.is_main and cfg.plots and epoch == 0:
+                from detforge.data.preview import save_batch_preview
+
+                save_batch_preview(images, targets, self.names, self.plots_dir / f"train_batch{i}.png")
+            x = images.to(self.device, non_blocking=True).float().div_(255)
+            tgts = self._targets_to_device(targets)
+            if cfg.multi_scale > 0:
+                size = multi_scale_size(cfg.imgsz, cfg.multi_scale, getattr(self.model, "stride", 32), rng)
+                x, tgts = resize_batch(x, tgts, size)
+            last_micro = (micro + 1) % cfg.accumulate == 0 or i == n_batches - 1
+            sync_ctx = (
+                self.train_model.no_sync()
+                if (self.dist.enabled and not last_micro and hasattr(self.train_model, "no_sync"))
+                else nullcontext()
+            )
+            with sync_ctx:
+                with autocast:
+                    loss_dict = self.train_model(x, tgts)
+                loss = sum(loss_dict.values())
+                finite = bool(torch.isfinite(loss.detach()).item())
+                if dist_utils.any_rank(not finite, self.device):
+                    finite = False
+                if finite:
+                    self.scaler.scale(loss / cfg.accumulate).backward()
+            if not finite:
+                bad_in_row += 1
+                self.bad_steps_total += 1
+                LOG.warning(
+                    "non-finite loss at epoch %d batch %d (%s): step skipped (%d in a row, %d in total)",
+                    epoch + 1, i, {k: float(v) for k, v in loss_dict.items()}, bad_in_row, self.bad_steps_total,
+                )
+                self.optimizer.zero_grad(set_to_none=True)
+                micro = 0
+                if bad_in_row >= cfg.max_bad_steps:
+                    raise NonFiniteLossError(
+                        f"{bad_in_row} non-finite losses in a row (epoch {epoch + 1}, batch {i}): the run is "
+                        f"diverging. Lower lr0 (now {self.optimizer.param_groups[0]['lr']:.3g}), set clip_grad, "
+                        "try amp=false or amp_dtype=bfloat16, and run `detforge data check` for broken boxes."
+                    )
+                continue
+            bad_in_row = 0
+            micro += 1
+            if last_micro:
+                self._optimizer_step()
+                micro = 0
+            logged = dist_utils.reduce_loss_dict(loss_dict)
+            logged["loss"] = sum(logged.values())
+            for k, v in logged.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if self.is_main and cfg.verbose:
+                bar.set_postfix(
+                    loss=f"{sums['loss'] / (i + 1):.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                    mem=memory_used(), refresh=False,
+                )
+        count = max(1, n_batches)
+        return {k: v / count for k, v in sums.items()}
+
+    def validate(self) -> tuple[dict[str, Any], Any]:
+        model = self.ema.module if self.ema else self.model
+        metrics, evaluator, _ = evaluate(
+            model, self.val_loader, self.names, self.cfg.conf, self.cfg.iou_thr, self.device,
+            self.amp_dtype, self.cfg.max_det, show=self.is_main and self.cfg.verbose,
+        )
+        metrics["fitness"] = fitness_of(metrics, self.cfg.fitness)
+        return metrics, evaluator
+
+    def _log_epoch(self, epoch: int, losses: dict[str, float], metrics: dict[str, Any], seconds: float) -> None:
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({k: round(v, 6) for k, v in losses.items()})
+        row["lr"] = self.optimizer.param_groups[0]["lr"]
+        for k in METRIC_KEYS + ("fitness",):
+            if k in metrics:
+                row[k] = round(float(metrics[k]), 6)
+        row["time"] = round(seconds, 2)
+        self.history.append(row)
+        path = self.save_dir / "metrics.csv"
+        fields = list(dict.fromkeys(k for r in self.history for k in r))
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(self.history)
+        if self.tb:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, (int, float)):
+                    group = "train" if k.startswith("loss") else ("lr" if k == "lr" else "metrics")
+                    self.tb.add_scalar(f"{group}/{k}", v, epoch + 1)
+            self.tb.flush()
+        if "map50_95" in metrics:
+            LOG.info(
+                "epoch %d/%d  loss %.4f  mAP50-95 %.4f  mAP50 %.4f  P %.3f  R %.3f  F1 %.3f  IoU %.3f  (%.1fs)",
+                epoch + 1, self.cfg.epochs, losses.get("loss", float("nan")), metrics["map50_95"], metrics["map50"],
+                metrics["precision"], metrics["recall"], metrics["f1"], metrics["iou"], seconds,
+            )
+
+    def train(self) -> dict[str, Any]:
+        self.setup()
+        cfg = self.cfg
+        stop = False
+        last_metrics: dict[str, Any] = {}
+        try:
+            for epoch in range(self.start_epoch, cfg.epochs):
+                t0 = time.time()
+                losses = self.train_epoch(epoch)
+                final = epoch == cfg.epochs - 1
+                metrics: dict[str, Any] = {}
+                if (epoch + 1) % cfg.val_period == 0 or final:
+                    metrics, _ = self.validate()
+                    last_metrics = metrics
+                improved = bool(metrics) and metrics["fitness"] > self.best_fitness
+                if improved:
+                    self.best_fitness, self.best_epoch = metrics["fitness"], epoch
+                if self.is_main:
+                    self._log_epoch(epoch, losses, metrics, time.time() - t0)
+                    payload = self._payload(epoch, metrics)
+                    save_checkpoint(payload, self.weights_dir / "last.pt")
+                    if improved:
+                        save_checkpoint(payload, self.weights_dir / "best.pt")
+                    if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
+                        save_checkpoint(payload, self.weights_dir / f"epoch{epoch + 1}.pt")
+                if cfg.patience and metrics and epoch - self.best_epoch >= cfg.patience:
+                    LOG.info(
+                        "early stop: no fitness gain for %d epochs (best %.4f at epoch %d)",
+                        cfg.patience, self.best_fitness, self.best_epoch + 1,
+                    )
+                    stop = True
+                if dist_utils.any_rank(stop, self.device):
+                    break
+            results = self.finish(last_metrics)
+        finally:
+            if self.tb:
+                self.tb.close()
+            dist_utils.barrier()
+        return results
+
+    # ------------------------------------------------------------------ end of run
+    def finish(self, last_metrics: dict[str, Any]) -> dict[str, Any]:
+        """Score best.pt once more (its numbers go to metrics.json and the plots)."""
+        best = self.weights_dir / "best.pt"
+        dist_utils.barrier()
+        if best.is_file():
+            ckpt = load_checkpoint(best)
+            target = self.ema.module if self.ema else self.model
+            target.load_state_dict(ckpt["ema"] if self.ema and ckpt.get("ema") is not None else ckpt["model"])
+        metrics, evaluator = self.validate() if best.is_file() else (last_metrics, None)
+        metrics["epoch"] = self.best_epoch + 1
+        if self.is_main:
+            out = {k: v for k, v in metrics.items() if k != "confusion"}
+            out["confusion"] = metrics.get("confusion")
+            out["bad_steps"] = self.bad_steps_total
+            out["data_problems"] = self.data.problem_counts()
+            (self.save_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
+            if self.cfg.plots:
+                self._plots(evaluator)
+            LOG.info(
+                "best epoch %d: mAP50-95 %.4f  mAP50 %.4f  P %.3f  R %.3f  F1 %.3f  IoU %.3f  -> %s",
+                metrics["epoch"], metrics.get("map50_95", 0), metrics.get("map50", 0), metrics.get("precision", 0),
+                metrics.get("recall", 0), metrics.get("f1", 0), metrics.get("iou", 0), self.save_dir,
+            )
+        metrics["save_dir"] = str(self.save_dir)
+        return metrics
+
+    def _plots(self, evaluator) -> None:
+        from detforge.eval import plots
+
+        try:
+            plots.plot_results(self.save_dir / "metrics.csv", self.plots_dir / "results.png")
+            plots.plot_labels(self.train_set.samples, self.names, self.plots_dir / "labels.png")
+            if evaluator is not None:
+                evaluator.save_plots(self.plots_dir)
+            self._prediction_samples()
+        except Exception as e:  # plots must never cost the user a finished run
+            LOG.warning("plotting failed: %s: %s", type(e).__name__, e)
+
+    def _prediction_samples(self, n: int = 8) -> None:
+        from detforge.data.image_io import read_image
+        from detforge.engine.validator import predict_loader
+        from detforge.eval import plots
+
+        model = self.ema.module if self.ema else self.model
+        images, gts, dets = [], [], []
+        for meta, det in predict_loader(model, self.val_loader, self.device, self.amp_dtype, self.cfg.max_det, show=False):
+            s = self.val_set.samples[int(meta["index"])]
+            images.append(read_image(s.image_path))
+            gts.append((s.boxes, s.labels))
+            dets.append(det)
+            if len(images) >= n:
+                break
+        plots.plot_predictions(images, gts, dets, self.names, self.plots_dir / "val_predictions.png", conf=self.cfg.conf)

@@ -1,0 +1,66 @@
+"""Run a model over a validation loader and score it against the original annotations.
+
+Predictions are mapped back to original-image pixels (undoing resize/letterbox) and compared
+with the boxes as read from disk, so the numbers do not depend on the input size or resize
+mode. Under DDP each rank predicts its shard; the evaluator states are gathered on every
+rank, merged in image order and scored once, so all ranks hold the same metrics and they
+equal a single-process evaluation."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detforge.engine import distributed as dist_utils
+from detforge.eval.evaluator import Evaluator
+from detforge.records import Detections
+
+
+def to_original(boxes: np.ndarray, meta: dict) -> np.ndarray:
+    """Input-tensor pixels -> original-image pixels, clipped to the image."""
+    sx, sy = meta["scale"]
+    px, py = meta["pad"]
+    h, w = meta["orig_size"]
+    out = boxes.astype(np.float32).copy()
+    out[:, [0, 2]] = ((out[:, [0, 2]] - px) / sx).clip(0, w)
+    out[:, [1, 3]] = ((out[:, [1, 3]] - py) / sy).clip(0, h)
+    return out
+
+
+@torch.no_grad()
+def predict_loader(model, loader, device, amp_dtype=None, max_det=300, desc="val", show=True):
+    """Yield (meta, Detections in original pixels) for every image of the loader."""
+    model.eval()
+    ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
+    bar = tqdm(loader, desc=desc, leave=False, disable=not show, dynamic_ncols=True)
+    for images, _targets, metas in bar:
+        x = images.to(device, non_blocking=True).float().div_(255)
+        with ctx:
+            raw = model(x)
+        results = model.postprocess(raw, tuple(x.shape[-2:]), max_det=max_det)
+        for meta, res in zip(metas, results):
+            boxes = res["boxes"].float().cpu().numpy()
+            yield meta, Detections(
+                to_original(boxes, meta), res["scores"].float().cpu().numpy(), res["labels"].cpu().numpy()
+            )
+
+
+def evaluate(model, loader, names, conf, iou_thr, device, amp_dtype=None, max_det=300, show=True):
+    """Metrics dict and the evaluator (for plots). Samples come from loader.dataset.samples."""
+    samples = loader.dataset.samples
+    per_image = []
+    for meta, det in predict_loader(model, loader, device, amp_dtype, max_det, show=show):
+        per_image.append((int(meta["index"]), det))
+    gathered = dist_utils.all_gather_object(per_image)
+    merged = {}
+    for part in gathered:
+        for idx, det in part:
+            merged.setdefault(idx, det)  # a padded duplicate from a sampler is counted once
+    evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
+    for idx in sorted(merged):
+        s = samples[idx]
+        evaluator.add(s.boxes, s.labels, merged[idx], (s.height, s.width))
+    return evaluator.compute(), evaluator, merged

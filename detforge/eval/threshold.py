@@ -1,0 +1,244 @@
+"""Precision / recall / F1 / IoU at one confidence threshold, and the confusion matrix.
+
+Rules (seed 000, made exact):
+
+- predictions with ``score < conf`` are ignored;
+- within an image predictions are taken in descending score (ties keep their input order);
+  a prediction is a TP when some still-unmatched GT of the SAME class has IoU > ``iou_thr``
+  with it; it takes the one with the highest IoU, and that GT is matched;
+- every other prediction is an FP of its class (a second prediction on an already matched GT
+  included); every GT left unmatched is an FN of its class;
+- confusion matrix, ``(K+1) x (K+1)``, rows = ground truth, columns = prediction, index K =
+  background. Each GT lands in exactly one cell of its row and each prediction in exactly one
+  cell of its column: a TP at (c, c); an FP whose best-overlap GT (over all GTs of the image,
+  IoU > ``iou_thr``) has another class and stays unmatched at (gt class, predicted class) --
+  that GT is then not counted again (one GT absorbs one such FP, the highest-scored); any other
+  FP at (K, predicted class); any other unmatched GT at (gt class, K). So for class c:
+  FP = column sum - diagonal, FN = row sum - diagonal;
+- precision = TP / (TP + FP), recall = TP / (TP + FN), F1 their harmonic mean, IoU the mean
+  IoU over TPs; each is 0 when its denominator is 0. Totals are micro-averaged (summed counts).
+
+Because matching is greedy in descending score, the outcome of a prediction depends only on
+higher-scored ones: matching once with every prediction gives the TP/FP/FN counts at every
+threshold (``confidence_sweep``), used for the P/R/F1-confidence and PR curves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+
+@dataclass
+class ImageMatch:
+    """The matching of one image's predictions (descending score) against its GT."""
+
+    scores: np.ndarray  # float [P], descending
+    pred_labels: np.ndarray  # int [P]
+    matched_gt: np.ndarray  # int [P]: GT index a TP matched, -1 for an FP
+    ious: np.ndarray  # float [P]: IoU with the matched GT, 0 for an FP
+    confused_gt: np.ndarray  # int [P]: other-class GT an FP is charged against, -1 if none
+    gt_labels: np.ndarray  # int [G]
+
+    @property
+    def is_tp(self) -> np.ndarray:
+        return self.matched_gt >= 0
+
+    @property
+    def gt_matched(self) -> np.ndarray:
+        hit = np.zeros(len(self.gt_labels), dtype=bool)
+        hit[self.matched_gt[self.matched_gt >= 0]] = True
+        return hit
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU [len(a), len(b)] of xyxy boxes (float64; 0 where both boxes have zero area)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float64)
+    iou = box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return torch.nan_to_num(iou, nan=0.0).numpy()
+
+
+def match_image(
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    conf: float = 0.0,
+    iou_thr: float = 0.5,
+) -> ImageMatch:
+    """Apply the rules above to one image."""
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    keep = scores >= conf
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+
+    n_pred, n_gt = len(scores), len(gt_labels)
+    iou = pairwise_iou(boxes, gt_boxes)
+    overlaps = iou > iou_thr
+    matched_gt = np.full(n_pred, -1, dtype=np.int64)
+    match_iou = np.zeros(n_pred, dtype=np.float64)
+    gt_taken = np.zeros(n_gt, dtype=bool)
+    for p in range(n_pred):
+        candidates = overlaps[p] & ~gt_taken & (gt_labels == labels[p])
+        if candidates.any():
+            g = int(np.argmax(np.where(candidates, iou[p], -1.0)))
+            matched_gt[p], match_iou[p], gt_taken[g] = g, iou[p, g], True
+
+    # confusion pairing: an FP against its best-overlap GT when that GT has another class
+    confused_gt = np.full(n_pred, -1, dtype=np.int64)
+    gt_absorbed = gt_taken.copy()
+    for p in np.flatnonzero(matched_gt < 0):
+        if n_gt == 0 or not overlaps[p].any():
+            continue
+        g = int(np.argmax(iou[p]))
+        if gt_labels[g] != labels[p] and not gt_absorbed[g]:
+            confused_gt[p], gt_absorbed[g] = g, True
+    return ImageMatch(scores, labels, matched_gt, match_iou, confused_gt, gt_labels)
+
+
+def confusion_matrix(matches: Sequence[ImageMatch], num_classes: int) -> np.ndarray:
+    """Counts [(K+1), (K+1)]: rows ground truth, columns prediction, index K background."""
+    k = num_classes
+    cm = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for m in matches:
+        tp = m.is_tp
+        np.add.at(cm, (m.pred_labels[tp], m.pred_labels[tp]), 1)
+        confused = m.confused_gt >= 0
+        np.add.at(cm, (m.gt_labels[m.confused_gt[confused]], m.pred_labels[confused]), 1)
+        np.add.at(cm, (np.full(int((~tp & ~confused).sum()), k), m.pred_labels[~tp & ~confused]), 1)
+        gt_used = m.gt_matched
+        gt_used[m.confused_gt[confused]] = True
+        np.add.at(cm, (m.gt_labels[~gt_used], np.full(int((~gt_used).sum()), k)), 1)
+    return cm
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Row-normalised confusion matrix (each GT class row sums to 1; empty rows stay 0)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    sums = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, sums, out=np.zeros_like(cm), where=sums > 0)
+
+
+def _ratio(num, den):
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num * den), where=den > 0)
+
+
+def prf(tp, fp, fn) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall, F1 from counts (scalars or arrays), 0 where undefined."""
+    precision = _ratio(tp, np.add(tp, fp))
+    recall = _ratio(tp, np.add(tp, fn))
+    f1 = _ratio(2 * precision * recall, precision + recall)
+    return precision, recall, f1
+
+
+def threshold_metrics(matches: Sequence[ImageMatch], names: Sequence[str]) -> dict:
+    """Totals, per-class table (without AP columns) and confusion matrix from matched images.
+
+    The matches must come from ``match_image`` at the chosen ``conf``.
+    """
+    k = len(names)
+    tp = np.zeros(k, np.int64)
+    fp = np.zeros(k, np.int64)
+    fn = np.zeros(k, np.int64)
+    iou_sum = np.zeros(k, np.float64)
+    instances = np.zeros(k, np.int64)
+    images = np.zeros(k, np.int64)
+    for m in matches:
+        _check_range(m.pred_labels, k, "prediction")
+        _check_range(m.gt_labels, k, "ground-truth")
+        is_tp = m.is_tp
+        np.add.at(tp, m.pred_labels[is_tp], 1)
+        np.add.at(fp, m.pred_labels[~is_tp], 1)
+        np.add.at(iou_sum, m.pred_labels[is_tp], m.ious[is_tp])
+        np.add.at(fn, m.gt_labels[~m.gt_matched], 1)
+        np.add.at(instances, m.gt_labels, 1)
+        images[np.unique(m.gt_labels)] += 1
+    precision, recall, f1 = prf(tp, fp, fn)
+    class_iou = _ratio(iou_sum, tp)
+    per_class = [
+        {
+            "class": str(names[c]),
+            "images": int(images[c]),
+            "instances": int(instances[c]),
+            "tp": int(tp[c]),
+            "fp": int(fp[c]),
+            "fn": int(fn[c]),
+            "precision": float(precision[c]),
+            "recall": float(recall[c]),
+            "f1": float(f1[c]),
+            "iou": float(class_iou[c]),
+        }
+        for c in range(k)
+    ]
+    t_tp, t_fp, t_fn = int(tp.sum()), int(fp.sum()), int(fn.sum())
+    p, r, f = prf(t_tp, t_fp, t_fn)
+    return {
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f),
+        "iou": float(_ratio(iou_sum.sum(), t_tp)),
+        "tp": t_tp,
+        "fp": t_fp,
+        "fn": t_fn,
+        "per_class": per_class,
+        "confusion": confusion_matrix(matches, k).tolist(),
+    }
+
+
+def _check_range(labels: np.ndarray, k: int, what: str) -> None:
+    if labels.size and (labels.min() < 0 or labels.max() >= k):
+        raise ValueError(f"{what} class ids must lie in 0..{k - 1}, got {np.unique(labels).tolist()}")
+
+
+def confidence_sweep(
+    matches: Sequence[ImageMatch], num_classes: int, confs: np.ndarray | None = None
+) -> dict:
+    """TP/FP/FN per class at each threshold of ``confs`` (default 0, 0.01, ..., 1).
+
+    ``matches`` must hold every prediction (``match_image`` with conf 0, or the lowest conf of
+    the sweep). Returns ``confs`` [C], ``tp``/``fp``/``fn`` [C, K] and ``precision``/``recall``/
+    ``f1`` [C, K] (0 where undefined) plus ``has_preds`` [C, K] (precision is defined).
+    """
+    confs = np.linspace(0.0, 1.0, 101) if confs is None else np.asarray(confs, dtype=np.float64)
+    k = num_classes
+    scores = np.concatenate([m.scores for m in matches]) if matches else np.zeros(0)
+    labels = np.concatenate([m.pred_labels for m in matches]).astype(np.int64) if matches else np.zeros(0, np.int64)
+    is_tp = np.concatenate([m.is_tp for m in matches]) if matches else np.zeros(0, bool)
+    n_gt = np.zeros(k, np.int64)
+    for m in matches:
+        np.add.at(n_gt, m.gt_labels, 1)
+    tp = np.zeros((len(confs), k), np.int64)
+    n_pred = np.zeros((len(confs), k), np.int64)
+    for c in range(k):
+        cls_scores = np.sort(scores[labels == c])
+        cls_tp_scores = np.sort(scores[(labels == c) & is_tp])
+        # how many scores are >= each threshold
+        n_pred[:, c] = len(cls_scores) - np.searchsorted(cls_scores, confs, side="left")
+        tp[:, c] = len(cls_tp_scores) - np.searchsorted(cls_tp_scores, confs, side="left")
+    fp = n_pred - tp
+    fn = n_gt[None, :] - tp
+    precision, recall, f1 = prf(tp, fp, fn)
+    return {
+        "confs": confs,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "n_gt": n_gt,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "has_preds": n_pred > 0,
+    }
