@@ -213,9 +213,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             parsed = yaml.safe_load(value) if value != "" else None
         except yaml.YAMLError:
             parsed = value
-        # keep things like 0,1 (device lists) and names like 1e-3abc as strings
-        if isinstance(parsed, (dict,)):
+        if isinstance(parsed, dict):  # "a: b" is not a mapping on the command line
             parsed = value
+        elif isinstance(parsed, str):
+            try:  # YAML 1.1 reads 1e-3 as a string
+                parsed = float(parsed) if any(c.isdigit() for c in parsed) and "," not in parsed else parsed
+            except ValueError:
+                pass
         out[key] = parsed
     return out
 

@@ -1,20 +1,32 @@
 """Decode any image a user may have into RGB uint8 [H, W, 3], as it is displayed.
 
-OpenCV decodes (fastest here) and applies the EXIF orientation itself
-(IMREAD_COLOR honours it), so pixels and the size reported by ``image_size`` agree with
-what annotation tools show. Grayscale, 16-bit and RGBA inputs are converted; anything
-unreadable raises ``ImageReadError`` naming the file and the reason.
+The EXIF orientation rule: an image is always used the way a viewer displays it, i.e. with
+its EXIF orientation tag applied. Annotation tools (CVAT, LabelImg, Label Studio, Roboflow)
+show the rotated image, so the boxes a user drew are in displayed pixels; ``image_size``
+reports the displayed (width, height) (swapped for orientations 5-8) and ``read_image``
+returns the displayed pixels, so boxes and pixels agree without any conversion.
+
+OpenCV decodes once with IMREAD_UNCHANGED (which never applies the tag, whatever the
+OpenCV version) and the orientation is applied here, so the result does not depend on the
+OpenCV build. Grayscale, 16-bit and RGBA inputs are converted; anything unreadable raises
+``ImageReadError`` naming the file and the reason.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+_EXIF_ORIENTATION = 0x0112
+_JPEG_EOI = b"\xff\xd9"
+_PNG_IEND = b"IEND"
+_TAIL_BYTES = 4096  # end markers are searched for in this many trailing bytes
 
 
 class ImageReadError(OSError):
@@ -24,62 +36,121 @@ class ImageReadError(OSError):
         self.reason = reason
 
 
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 [H, W, 3] with EXIF orientation applied."""
     p = Path(path)
+    buf = _read_bytes(p)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(p, "not a decodable image (corrupt or wrong format)")
+    img = _to_rgb8(p, img)
+    return apply_orientation(img, _orientation(io.BytesIO(buf.tobytes())))
+
+
+def _read_bytes(p: Path) -> np.ndarray:
     try:
         size = p.stat().st_size
     except OSError:
         raise ImageReadError(p, "file not found") from None
     if size == 0:
         raise ImageReadError(p, "empty file (0 bytes)")
-    buf = np.fromfile(str(p), dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    if img is None:
-        raise ImageReadError(p, "not a decodable image (corrupt or wrong format)")
-    # IMREAD_UNCHANGED skips EXIF rotation; apply it with the flag that honours it
-    if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
-        img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.fromfile(str(p), dtype=np.uint8)
+
+
+def _to_rgb8(p: Path, img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img / 257.0).round().astype(np.uint8)
     elif img.dtype != np.uint8:
         img = cv2.normalize(img.astype(np.float32), None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
-        raise ImageReadError(p, f"unsupported channel count {img.shape[2]}")
-    return _apply_exif(p, img)
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    if img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.shape[2] == 1:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    raise ImageReadError(p, f"unsupported channel count {img.shape[2]}")
 
 
-def _apply_exif(p: Path, img: np.ndarray) -> np.ndarray:
+def _orientation(source) -> int:
     try:
-        with Image.open(p) as im:
-            orientation = im.getexif().get(0x0112, 1)
-    except Exception:
+        with Image.open(source) as im:
+            return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # no or broken EXIF: the stored orientation is the displayed one
+        return 1
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels into displayed pixels for an EXIF orientation value (1..8)."""
+    if orientation == 2:
+        out = img[:, ::-1]
+    elif orientation == 3:
+        out = img[::-1, ::-1]
+    elif orientation == 4:
+        out = img[::-1]
+    elif orientation == 5:
+        out = img.swapaxes(0, 1)
+    elif orientation == 6:
+        out = img.swapaxes(0, 1)[:, ::-1]
+    elif orientation == 7:
+        out = img.swapaxes(0, 1)[::-1, ::-1]
+    elif orientation == 8:
+        out = img.swapaxes(0, 1)[::-1]
+    else:
         return img
-    rot = {3: cv2.ROTATE_180, 6: cv2.ROTATE_90_CLOCKWISE, 8: cv2.ROTATE_90_COUNTERCLOCKWISE}
-    if orientation in (2, 4, 5, 7):  # mirrored forms are rare: let Pillow do them exactly
-        with Image.open(p) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-    return cv2.rotate(img, rot[orientation]) if orientation in rot else img
+    return np.ascontiguousarray(out)
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as displayed, read from the header only (no full decode)."""
+    return _header(Path(path))[0]
+
+
+def probe_image(path: str | Path) -> tuple[int, int]:
+    """``image_size`` plus a cheap completeness check; raises ImageReadError when damaged.
+
+    A JPEG or PNG cut short (an interrupted copy or download) still has a valid header, so
+    the header alone cannot tell. Its end marker is missing, though: only then is the file
+    fully decoded to decide (files with data appended after the marker decode fine).
+    """
     p = Path(path)
+    size, fmt = _header(p)
+    marker = {"JPEG": _JPEG_EOI, "MPO": _JPEG_EOI, "PNG": _PNG_IEND}.get(fmt)
+    if marker is None:
+        return size
+    with open(p, "rb") as f:
+        f.seek(0, 2)
+        f.seek(max(0, f.tell() - _TAIL_BYTES))
+        tail = f.read()
+    if marker not in tail:
+        try:
+            with Image.open(p) as im:
+                im.load()
+        except Exception as e:
+            raise ImageReadError(
+                p, f"truncated or corrupt {fmt}: no end marker and decoding fails ({e})"
+            ) from None
+    return size
+
+
+def _header(p: Path) -> tuple[tuple[int, int], str]:
+    """((width, height) as displayed, PIL format name) from the file header."""
     try:
         with Image.open(p) as im:
             w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
+            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            fmt = im.format or ""
     except FileNotFoundError:
         raise ImageReadError(p, "file not found") from None
-    except Exception as e:  # PIL raises many types for bad files
+    except UnidentifiedImageError:
         if p.exists() and p.stat().st_size == 0:
             raise ImageReadError(p, "empty file (0 bytes)") from None
-        raise ImageReadError(p, f"not a readable image ({type(e).__name__})") from None
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        raise ImageReadError(p, "not an image (content is no known image format)") from None
+    except Exception as e:  # PIL raises many types for damaged headers
+        raise ImageReadError(p, f"damaged image header ({type(e).__name__}: {e})") from None
+    return ((h, w) if orientation in (5, 6, 7, 8) else (w, h)), fmt

@@ -52,9 +52,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        text = str(e)
+        if "Unsupported global" not in text and "Unsupported class" not in text and "GLOBAL" not in text:
+            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from None
         raise CheckpointError(
             f"{path}: refused to load: the file holds pickled objects other than tensors and plain "
-            f"values, which could execute code ({str(e).splitlines()[0][:200]}). Only load files you "
+            f"values, which could execute code ({_unsupported(text)}). Only load files you "
             "trust; re-save trusted weights as a plain state dict."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
@@ -62,6 +65,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     return obj
+
+
+def _unsupported(text: str) -> str:
+    for line in text.splitlines():
+        if "Unsupported" in line or "GLOBAL" in line:
+            return line.strip()[:200]
+    return text.splitlines()[0][:200]
 
 
 # ---------------------------------------------------------------- RNG state (plain types only)

@@ -1,0 +1,175 @@
+"""Geometric transforms on uint8 HWC images; boxes follow the pixels.
+
+Affine maps are 3x3 float64 matrices from source pixels to output pixels so that a resize,
+a mosaic placement and a random affine compose into one matrix and one ``cv2.warpAffine``
+(a single interpolation, no intermediate canvas).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from .targets import Targets, clip_boxes, keep_visible
+
+PAD_VALUE = 114  # gray used for every border, as in the YOLO family
+
+
+def translation(tx: float, ty: float) -> np.ndarray:
+    return np.array([[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]])
+
+
+def scaling(sx: float, sy: float) -> np.ndarray:
+    return np.diag([sx, sy, 1.0])
+
+
+def base_resize_matrix(width: int, height: int, size: int, mode: str) -> np.ndarray:
+    """Source (width x height) -> square ``size`` output: ``stretch`` or centred ``letterbox``."""
+    if mode == "stretch":
+        return scaling(size / width, size / height)
+    if mode == "letterbox":
+        r = size / max(width, height)
+        return translation((size - width * r) / 2, (size - height * r) / 2) @ scaling(r, r)
+    raise ValueError(f"unknown resize_mode {mode!r}; allowed: 'stretch', 'letterbox'")
+
+
+def random_affine_matrix(
+    rng: np.random.Generator,
+    center: tuple[float, float],
+    out_size: int,
+    degrees: float,
+    translate: float,
+    scale: float,
+    shear: float,
+) -> np.ndarray:
+    """Rotate/scale/shear about ``center`` and move it near the output centre (± translate)."""
+    c = translation(-center[0], -center[1])
+    a = math.radians(rng.uniform(-degrees, degrees))
+    s = rng.uniform(1 - scale, 1 + scale)
+    rot = np.array([[s * math.cos(a), s * math.sin(a), 0], [-s * math.sin(a), s * math.cos(a), 0], [0, 0, 1]])
+    sh = np.eye(3)
+    sh[0, 1] = math.tan(math.radians(rng.uniform(-shear, shear)))
+    sh[1, 0] = math.tan(math.radians(rng.uniform(-shear, shear)))
+    t = translation(
+        rng.uniform(0.5 - translate, 0.5 + translate) * out_size,
+        rng.uniform(0.5 - translate, 0.5 + translate) * out_size,
+    )
+    return t @ sh @ rot @ c
+
+
+def affine_boxes(boxes: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """Enclosing xyxy boxes of the four transformed corners of each box."""
+    if len(boxes) == 0:
+        return boxes.reshape(0, 4).astype(np.float32)
+    x1, y1, x2, y2 = boxes.T
+    xs = np.stack([x1, x2, x2, x1], 1)
+    ys = np.stack([y1, y1, y2, y2], 1)
+    tx = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    ty = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    return np.stack([tx.min(1), ty.min(1), tx.max(1), ty.max(1)], 1).astype(np.float32)
+
+
+def warp_targets(
+    targets: Targets,
+    m: np.ndarray,
+    out_w: int,
+    out_h: int,
+    min_size: float,
+    min_visibility: float,
+    region: tuple[float, float, float, float] | None = None,
+) -> Targets:
+    """Move boxes by ``m``, clip to the output, drop boxes too small or mostly outside.
+
+    ``region`` (source xyxy) is the part of the source that is actually drawn (a mosaic
+    tile's crop); boxes are clipped to it before the warp. Visibility is measured against
+    the box warped without any clipping.
+    """
+    if len(targets) == 0:
+        return targets
+    reference = affine_boxes(targets.boxes, m)
+    src = targets.boxes
+    if region is not None:
+        src = src.copy()
+        src[:, [0, 2]] = src[:, [0, 2]].clip(region[0], region[2])
+        src[:, [1, 3]] = src[:, [1, 3]].clip(region[1], region[3])
+    moved = clip_boxes(affine_boxes(src, m), out_w, out_h)
+    keep = keep_visible(moved, reference, min_size, min_visibility)
+    return targets.with_boxes(moved).select(keep)
+
+
+def warp_image(img: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """Whole-image warp into a square ``size`` output padded with gray."""
+    return cv2.warpAffine(
+        img, m[:2], (size, size), flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=(PAD_VALUE,) * 3,
+    )
+
+
+def warp_region_into(
+    canvas: np.ndarray, img: np.ndarray, m: np.ndarray, region: tuple[int, int, int, int]
+) -> None:
+    """Warp the ``region`` (xyxy, source pixels) of ``img`` by ``m`` straight into ``canvas``.
+
+    Only the output rectangle that the region can reach is computed, and pixels that map
+    outside the region are left untouched (BORDER_TRANSPARENT), so four mosaic tiles can be
+    drawn into the final canvas one after another.
+    """
+    x1, y1, x2, y2 = region
+    if x2 <= x1 or y2 <= y1:
+        return
+    # one replicated pixel around the region lets bilinear sampling reach its very edge,
+    # so neighbouring tiles meet without a seam of untouched pixels
+    crop = cv2.copyMakeBorder(img[y1:y2, x1:x2], 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x2, y2, 1], [x1, y2, 1]], np.float64)
+    pts = corners @ m.T
+    h, w = canvas.shape[:2]
+    ox1 = max(int(math.floor(pts[:, 0].min())), 0)
+    oy1 = max(int(math.floor(pts[:, 1].min())), 0)
+    ox2 = min(int(math.ceil(pts[:, 0].max())), w)
+    oy2 = min(int(math.ceil(pts[:, 1].max())), h)
+    if ox2 <= ox1 or oy2 <= oy1:
+        return
+    # crop pixel (0, 0) is source pixel (x1 - 1, y1 - 1); output pixel (0, 0) is (ox1, oy1)
+    local = translation(-ox1, -oy1) @ m @ translation(x1 - 1, y1 - 1)
+    roi = canvas[oy1:oy2, ox1:ox2]
+    # BORDER_TRANSPARENT writes only pixels whose 2x2 neighbourhood lies inside the padded
+    # crop: the tile reaches at most half a pixel past its region, where the next tile wins
+    cv2.warpAffine(
+        crop, local[:2], (roi.shape[1], roi.shape[0]), dst=roi,
+        flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT,
+    )
+
+
+def flip_lr(img: np.ndarray, targets: Targets) -> tuple[np.ndarray, Targets]:
+    w = img.shape[1]
+    b = targets.boxes.copy()
+    b[:, [0, 2]] = w - targets.boxes[:, [2, 0]]
+    return cv2.flip(img, 1), targets.with_boxes(b)
+
+
+def flip_ud(img: np.ndarray, targets: Targets) -> tuple[np.ndarray, Targets]:
+    h = img.shape[0]
+    b = targets.boxes.copy()
+    b[:, [1, 3]] = h - targets.boxes[:, [3, 1]]
+    return cv2.flip(img, 0), targets.with_boxes(b)
+
+
+_ROTATE_CODES = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
+
+
+def rotate90(img: np.ndarray, targets: Targets, k: int) -> tuple[np.ndarray, Targets]:
+    """Rotate by k * 90 degrees counter-clockwise (k in 1..3), as ``np.rot90`` does."""
+    k %= 4
+    if k == 0:
+        return img, targets
+    h, w = img.shape[:2]
+    x1, y1, x2, y2 = targets.boxes.T
+    if k == 1:  # (x, y) -> (y, w - x)
+        b = np.stack([y1, w - x2, y2, w - x1], 1)
+    elif k == 2:  # (x, y) -> (w - x, h - y)
+        b = np.stack([w - x2, h - y2, w - x1, h - y1], 1)
+    else:  # (x, y) -> (h - y, x)
+        b = np.stack([h - y2, x1, h - y1, x2], 1)
+    return cv2.rotate(img, _ROTATE_CODES[k]), targets.with_boxes(b.reshape(-1, 4))

@@ -1,0 +1,74 @@
+"""Colour and texture changes on uint8 RGB images; boxes are untouched.
+
+Per-pixel arithmetic is done through 256-entry uint8 lookup tables (one ``cv2.LUT`` call
+for all three channels), so nothing is converted to float before the tensor hand-off.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_LEVELS = np.arange(256, dtype=np.float32)
+
+
+def _to_lut(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def hsv_lut(gain_h: float, gain_s: float, gain_v: float) -> np.ndarray:
+    """(256, 1, 3) table for an image in OpenCV's full-range HSV (hue 0..255 wraps).
+
+    Hue is shifted by ``gain_h`` of the colour circle, saturation and value multiplied by
+    ``1 + gain_s`` / ``1 + gain_v``.
+    """
+    hue = np.mod(_LEVELS + gain_h * 256.0, 256.0)
+    hue = np.where(np.rint(hue) >= 256, hue - 256, hue)
+    sat = _LEVELS * (1 + gain_s)
+    val = _LEVELS * (1 + gain_v)
+    return np.stack([_to_lut(hue), _to_lut(sat), _to_lut(val)], -1).reshape(256, 1, 3)
+
+
+def random_hsv(img: np.ndarray, rng: np.random.Generator, h: float, s: float, v: float) -> np.ndarray:
+    gains = rng.uniform(-1, 1, 3) * np.array([h, s, v])
+    if not gains.any():
+        return img
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)
+    cv2.LUT(hsv, hsv_lut(*gains), dst=hsv)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+def tone_lut(alpha: float = 1.0, beta: float = 0.0, gamma: float = 1.0) -> np.ndarray:
+    """One table for contrast ``alpha``, brightness ``beta`` (levels) then gamma."""
+    v = np.clip(_LEVELS * alpha + beta, 0, 255)
+    v = 255.0 * (v / 255.0) ** gamma
+    return _to_lut(v)
+
+
+def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    return cv2.LUT(img, lut)
+
+
+def random_brightness_contrast(rng: np.random.Generator, limit: float = 0.2) -> tuple[float, float]:
+    """(alpha, beta) with contrast 1 ± limit and brightness ± limit of the full range."""
+    return 1 + rng.uniform(-limit, limit), rng.uniform(-limit, limit) * 255
+
+
+def random_gamma(rng: np.random.Generator, low: float = 0.8, high: float = 1.2) -> float:
+    return rng.uniform(low, high)
+
+
+def random_blur(img: np.ndarray, rng: np.random.Generator, max_kernel: int = 7) -> np.ndarray:
+    k = int(rng.choice(np.arange(3, max_kernel + 1, 2)))
+    return cv2.blur(img, (k, k))
+
+
+def gaussian_noise(img: np.ndarray, rng: np.random.Generator, std_range=(3.0, 12.0)) -> np.ndarray:
+    std = rng.uniform(*std_range)
+    noise = rng.standard_normal(img.shape, dtype=np.float32)
+    noise *= std
+    return cv2.add(img, noise, dtype=cv2.CV_8U)  # rounds and saturates to 0..255
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)

@@ -1,0 +1,179 @@
+"""``detforge eval``: metrics for any model's predictions, given as files.
+
+``gt`` is a COCO dataset json (images, annotations, categories), ``pred`` a COCO results json
+(a list of ``{image_id, category_id, bbox [x, y, w, h], score}``). Category ids may be anything
+the gt file uses: classes are the gt's categories sorted by id. Predictions naming an image or
+category the gt does not have are left out and counted; crowd annotations (``iscrowd: 1``) are
+left out of the ground truth and counted (detforge's metrics have no ignore regions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from detforge.eval.evaluator import Evaluator
+from detforge.records import Detections
+
+log = logging.getLogger(__name__)
+
+
+def increment_dir(base: Path) -> Path:
+    """Create and return ``base`` if it does not exist yet, else ``base2``, ``base3``, ..."""
+    base = Path(base)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}{n}")
+        try:
+            candidate.mkdir()  # atomic: two processes never get the same folder
+            return candidate
+        except FileExistsError:
+            n += 1
+
+
+def _load_json(path: Path, what: str):
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def _bbox_xyxy(bbox, path: Path, where: str) -> list[float]:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise ValueError(f"{path}: {where}: bbox must be [x, y, w, h], got {bbox!r}")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {where}: bbox values must be numbers, got {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"{path}: {where}: bbox has a non-finite value {bbox!r}")
+    return [x, y, x + w, y + h]
+
+
+def _require(entry: dict, keys: tuple[str, ...], path: Path, where: str) -> None:
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: {where} must be an object, got {type(entry).__name__}")
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ValueError(f"{path}: {where} lacks {missing}")
+
+
+def evaluate_files(
+    gt_json: str | Path,
+    pred_json: str | Path,
+    conf: float = 0.5,
+    iou_thr: float = 0.5,
+    save_dir: str | Path | None = None,
+) -> dict:
+    """Compute the Evaluator's metrics for a predictions file against a COCO gt file; write
+    ``metrics.json`` and the plots into ``save_dir`` (default: a new ``runs/eval/evalN``)."""
+    gt_path, pred_path = Path(gt_json), Path(pred_json)
+    gt = _load_json(gt_path, "ground-truth")
+    if not isinstance(gt, dict):
+        raise ValueError(f"{gt_path}: expected a COCO dataset object with images/annotations/categories")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key), list):
+            raise ValueError(f"{gt_path}: missing or non-list '{key}'")
+    if not gt["categories"]:
+        raise ValueError(f"{gt_path}: no categories")
+    for i, cat in enumerate(gt["categories"]):
+        _require(cat, ("id",), gt_path, f"categories[{i}]")
+    cats = sorted(gt["categories"], key=lambda c: c["id"])
+    names = [str(c.get("name", c["id"])) for c in cats]
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+
+    image_index: dict = {}
+    for i, img in enumerate(gt["images"]):
+        _require(img, ("id",), gt_path, f"images[{i}]")
+        if img["id"] in image_index:
+            raise ValueError(f"{gt_path}: image id {img['id']!r} appears twice")
+        image_index[img["id"]] = i
+    n_images = len(gt["images"])
+    gt_boxes = [[] for _ in range(n_images)]
+    gt_labels = [[] for _ in range(n_images)]
+    gt_areas = [[] for _ in range(n_images)]
+    crowd = 0
+    for i, ann in enumerate(gt["annotations"]):
+        where = f"annotations[{i}]"
+        _require(ann, ("image_id", "category_id", "bbox"), gt_path, where)
+        if ann["image_id"] not in image_index:
+            raise ValueError(f"{gt_path}: {where} refers to image_id {ann['image_id']!r}, not in images")
+        if ann["category_id"] not in cat_index:
+            raise ValueError(f"{gt_path}: {where} refers to category_id {ann['category_id']!r}, not in categories")
+        if ann.get("iscrowd", 0):
+            crowd += 1
+            continue
+        box = _bbox_xyxy(ann["bbox"], gt_path, where)
+        j = image_index[ann["image_id"]]
+        gt_boxes[j].append(box)
+        gt_labels[j].append(cat_index[ann["category_id"]])
+        gt_areas[j].append(float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))))
+
+    preds = _load_json(pred_path, "predictions")
+    if isinstance(preds, dict) and isinstance(preds.get("annotations"), list):
+        preds = preds["annotations"]
+    if not isinstance(preds, list):
+        raise ValueError(f"{pred_path}: expected a list of {{image_id, category_id, bbox, score}}")
+    det_lists = [([], [], []) for _ in range(n_images)]
+    unknown_image = unknown_category = 0
+    for i, p in enumerate(preds):
+        where = f"entry {i}"
+        _require(p, ("image_id", "category_id", "bbox", "score"), pred_path, where)
+        if p["image_id"] not in image_index:
+            unknown_image += 1
+            continue
+        if p["category_id"] not in cat_index:
+            unknown_category += 1
+            continue
+        try:
+            score = float(p["score"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{pred_path}: {where}: score must be a number, got {p['score']!r}") from None
+        if not math.isfinite(score):
+            raise ValueError(f"{pred_path}: {where}: score is not finite ({p['score']!r})")
+        boxes, scores, labels = det_lists[image_index[p["image_id"]]]
+        boxes.append(_bbox_xyxy(p["bbox"], pred_path, where))
+        scores.append(score)
+        labels.append(cat_index[p["category_id"]])
+
+    if unknown_image or unknown_category:
+        log.warning(
+            "%s: left out %d predictions whose image_id is not in %s and %d whose category_id is not",
+            pred_path, unknown_image, gt_path.name, unknown_category,
+        )
+    if crowd:
+        log.warning("%s: left out %d crowd annotations (iscrowd=1) from the ground truth", gt_path, crowd)
+
+    evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
+    for j, img in enumerate(gt["images"]):
+        boxes, scores, labels = det_lists[j]
+        order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+        det = Detections(np.asarray(boxes, np.float64).reshape(-1, 4)[order], np.asarray(scores)[order],
+                         np.asarray(labels, np.int64)[order])
+        evaluator.add(
+            np.asarray(gt_boxes[j], np.float64).reshape(-1, 4),
+            np.asarray(gt_labels[j], np.int64),
+            det,
+            (int(img.get("height", 0)), int(img.get("width", 0))),
+            gt_areas=np.asarray(gt_areas[j], np.float64),
+        )
+    metrics = evaluator.compute()
+    metrics["left_out"] = {
+        "unknown_image_id": unknown_image,
+        "unknown_category_id": unknown_category,
+        "crowd_annotations": crowd,
+    }
+
+    out_dir = increment_dir(Path("runs/eval/eval")) if save_dir is None else Path(save_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    evaluator.save_plots(out_dir)
+    metrics["save_dir"] = str(out_dir)
+    return metrics

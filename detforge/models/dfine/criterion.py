@@ -1,0 +1,428 @@
+"""D-FINE training loss: VFL (or DEIM's MAL), L1, GIoU, FGL and DDF on every decoder layer,
+the first-layer ("pre") head, the encoder proposals and the denoising queries.
+
+Semantics follow the D-FINE paper (arXiv 2410.13842) and its official configs:
+- classification terms use each layer's own Hungarian matching;
+- box (L1, GIoU) and local (FGL, DDF) terms of the decoder layers use the union of the matches of
+  all layers (GO-LSD), normalised by the size of that union;
+- denoising queries are matched to the target they were made from, normalised by
+  num_boxes * dn_num_group;
+- box counts are averaged over ranks when torch.distributed is initialised.
+
+Targets given to the criterion: one dict per image with ``labels`` int64 [N] (0-based, < num_classes),
+``boxes`` float [N, 4] cxcywh normalised to 0..1, and optionally ``weights`` float [N] (per-box
+loss weights, e.g. from geometry-preserving MixUp: they scale the matched queries' classification
+weight and the L1, GIoU and FGL terms of those boxes). N may be 0 in any or all images.
+
+Two additions to the official recipe, both off by default:
+- ``use_mal``: DEIM's Matchability-Aware Loss (arXiv 2412.04234) replaces VFL. Its positive
+  target is IoU**mal_gamma with weight 1, so poorly localised matches keep a real gradient,
+  which speeds up convergence on small datasets (see the project's design notes).
+- ``label_smoothing`` = e: a matched query's class target becomes (1 - e) * one_hot + e / K
+  (then scaled by the match quality as usual). Unmatched queries keep a target of 0: smoothing
+  them would push hundreds of background queries towards non-zero scores.
+
+Everything is computed in float32 with autocast disabled, so fp16/bf16 model outputs are safe.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import generalized_box_iou_loss
+
+from detforge.models.dfine.box_ops import AREA_EPS, bbox2distance, cxcywh_to_xyxy, paired_box_iou
+from detforge.models.dfine.fdr import weighting_function
+from detforge.models.dfine.matcher import HungarianMatcher, MatchIndices
+
+# official D-FINE weights (configs/dfine/include/dfine_hgnetv2.yml); "mal" takes VFL's place
+DEFAULT_WEIGHTS: dict[str, float] = {"vfl": 1.0, "mal": 1.0, "bbox": 5.0, "giou": 2.0, "fgl": 0.15, "ddf": 1.5}
+# softmax temperature of the DDF distillation
+DDF_TEMPERATURE = 5.0
+# DDF balances positives and negatives as if each device held 8 images (official choice)
+DDF_REFERENCE_BATCH = 8.0
+
+
+# --------------------------------------------------------------------------- loss terms
+
+
+def varifocal_loss(
+    logits: Tensor, class_target: Tensor, positive: Tensor, quality: Tensor, positive_weight: Tensor,
+    alpha: float, gamma: float, num_boxes: float,
+) -> Tensor:
+    """VFL. ``logits`` [B, Q, K]; ``class_target`` [B, Q, K] one-hot (maybe smoothed) on matched
+    queries, 0 elsewhere; ``positive`` [B, Q, K] bool, the hard one-hot; ``quality`` [B, Q] IoU
+    of the match (0 if unmatched); ``positive_weight`` [B, Q] per-box weight (1 if none).
+    Positives: target q, weight q. Negatives: target 0, weight alpha * p**gamma."""
+    target = quality.unsqueeze(-1) * class_target
+    prob = logits.detach().sigmoid()
+    weight = torch.where(positive, target * positive_weight.unsqueeze(-1), alpha * prob.pow(gamma))
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+    return loss.sum() / num_boxes
+
+
+def matchability_aware_loss(
+    logits: Tensor, class_target: Tensor, positive: Tensor, quality: Tensor, positive_weight: Tensor,
+    gamma: float, num_boxes: float,
+) -> Tensor:
+    """MAL (DEIM). Arguments as in varifocal_loss. Positives: target q**gamma, weight 1.
+    Negatives: target 0, weight p**gamma."""
+    target = quality.pow(gamma).unsqueeze(-1) * class_target
+    prob = logits.detach().sigmoid()
+    weight = torch.where(positive, positive_weight.unsqueeze(-1).expand_as(logits), prob.pow(gamma))
+    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
+    return loss.sum() / num_boxes
+
+
+def box_regression_losses(
+    pred_boxes: Tensor, target_boxes: Tensor, box_weight: Tensor, num_boxes: float
+) -> tuple[Tensor, Tensor]:
+    """(L1, GIoU) of matched pairs, both [M, 4] cxcywh, each box scaled by ``box_weight`` [M]."""
+    l1 = F.l1_loss(pred_boxes, target_boxes, reduction="none").sum(-1)
+    # a negligible eps (instead of torchvision's 1e-7) keeps tiny normalised boxes exact
+    giou = generalized_box_iou_loss(cxcywh_to_xyxy(pred_boxes), cxcywh_to_xyxy(target_boxes), eps=AREA_EPS)
+    return (l1 * box_weight).sum() / num_boxes, (giou * box_weight).sum() / num_boxes
+
+
+def fine_grained_localization_loss(
+    pred_corners: Tensor, target_index: Tensor, weight_right: Tensor, weight_left: Tensor,
+    edge_weight: Tensor, num_boxes: float,
+) -> Tensor:
+    """FGL: cross-entropy of each edge distribution [E, reg_max + 1] towards the two bins around
+    the true offset, interpolated by (weight_left, weight_right), scaled by ``edge_weight`` [E]."""
+    left = target_index.long()
+    loss = (
+        F.cross_entropy(pred_corners, left, reduction="none") * weight_left
+        + F.cross_entropy(pred_corners, left + 1, reduction="none") * weight_right
+    )
+    return (loss * edge_weight).sum() / num_boxes
+
+
+def decoupled_distillation_loss(
+    pred_corners: Tensor, teacher_corners: Tensor, edge_weight: Tensor, positive: Tensor,
+    num_pos: float, num_neg: float, temperature: float = DDF_TEMPERATURE,
+) -> Tensor:
+    """DDF: temperature-scaled KL from the final layer's edge distributions (teacher) to this
+    layer's, per edge [E, reg_max + 1], weighted by ``edge_weight`` [E]. Matched and unmatched
+    edges are averaged separately and mixed by num_pos : num_neg so neither group dominates."""
+    kl = F.kl_div(
+        F.log_softmax(pred_corners / temperature, dim=-1),
+        F.softmax(teacher_corners.detach() / temperature, dim=-1),
+        reduction="none",
+    ).sum(-1)
+    loss = edge_weight * temperature**2 * kl
+    zero = pred_corners.sum() * 0
+    pos_term = loss[positive].mean() if positive.any() else zero
+    neg_term = loss[~positive].mean() if (~positive).any() else zero
+    total = num_pos + num_neg
+    if total <= 0:
+        return zero
+    return (pos_term * num_pos + neg_term * num_neg) / total
+
+
+# --------------------------------------------------------------------------- matching helpers
+
+
+def union_of_matches(matchings: list[MatchIndices]) -> MatchIndices:
+    """GO-LSD's union set: per image, every query matched in any of ``matchings``, paired with
+    the target it was matched to most often (ties: the smaller target index... as ordered by
+    torch.unique). Rows come out ordered by that count, most frequent first."""
+    result = []
+    for per_layer in zip(*matchings):
+        rows = torch.cat([r for r, _ in per_layer])
+        cols = torch.cat([c for _, c in per_layer])
+        if rows.numel() == 0:
+            result.append((rows.long(), cols.long()))
+            continue
+        pairs, counts = torch.unique(torch.stack([rows, cols], 1), dim=0, return_counts=True)
+        pairs = pairs[torch.argsort(counts, descending=True, stable=True)]
+        # keep each query's first (most frequent) pair
+        query_ids, inverse = torch.unique(pairs[:, 0], return_inverse=True)
+        position = torch.arange(len(pairs), device=pairs.device)
+        first = torch.full((len(query_ids),), len(pairs), dtype=torch.long, device=pairs.device)
+        first = first.scatter_reduce(0, inverse, position, reduce="amin").sort().values
+        result.append((pairs[first, 0].long(), pairs[first, 1].long()))
+    return result
+
+
+def denoising_matches(dn_meta: dict, targets: list[dict[str, Tensor]]) -> MatchIndices:
+    """Each denoising group holds one positive query per target, in target order."""
+    groups = int(dn_meta["dn_num_group"])
+    positive_idx = dn_meta.get("dn_positive_idx")
+    result = []
+    for i, t in enumerate(targets):
+        n = len(t["labels"])
+        device = t["labels"].device
+        if n == 0:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            result.append((empty, empty))
+            continue
+        queries = positive_idx[i].long() if positive_idx is not None else None
+        if queries is None or len(queries) != n * groups:
+            got = "none" if queries is None else len(queries)
+            raise ValueError(
+                f"DFineCriterion: dn_meta gives {got} positive denoising queries for image {i}, "
+                f"expected {n} targets x {groups} groups = {n * groups}"
+            )
+        result.append((queries, torch.arange(n, device=device).repeat(groups)))
+    return result
+
+
+def _flat_index(indices: MatchIndices) -> tuple[Tensor, Tensor]:
+    batch = torch.cat([torch.full_like(rows, i) for i, (rows, _) in enumerate(indices)])
+    return batch, torch.cat([rows for rows, _ in indices])
+
+
+def _gather(targets: list[dict[str, Tensor]], indices: MatchIndices, key: str) -> Tensor:
+    return torch.cat([t[key][cols] for t, (_, cols) in zip(targets, indices)])
+
+
+def _mean_count_over_ranks(count: float, device: torch.device) -> float:
+    total = torch.tensor([float(count)], dtype=torch.float32, device=device)
+    world = 1
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        world = dist.get_world_size()
+    return max((total / world).item(), 1.0)
+
+
+def _float32(layer: dict) -> dict:
+    return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in layer.items()}
+
+
+# --------------------------------------------------------------------------- the criterion
+
+
+class DFineCriterion(nn.Module):
+    """Weighted D-FINE loss terms. ``outputs`` is the dict D-FINE's decoder returns in training
+    (pred_logits, pred_boxes, pred_corners, ref_points, up, reg_scale, aux_outputs, pre_outputs,
+    enc_aux_outputs, enc_meta, dn_outputs, dn_pre_outputs, dn_meta); see the module docstring
+    for ``targets``. Returns {"loss_vfl": ..., "loss_bbox_aux_0": ..., "loss_fgl_dn_2": ...}, each
+    already multiplied by its weight; their sum is the loss."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        weights: dict[str, float] | None = None,
+        alpha: float = 0.75,
+        gamma: float = 2.0,
+        reg_max: int = 32,
+        use_mal: bool = False,
+        mal_gamma: float = 1.5,
+        matcher: HungarianMatcher | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"DFineCriterion: num_classes must be >= 1, got {num_classes}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"DFineCriterion: label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.num_classes = int(num_classes)
+        self.weights = dict(DEFAULT_WEIGHTS)
+        for key, value in (weights or {}).items():
+            name = key.removeprefix("loss_")  # accept the official 'loss_vfl' spelling too
+            if name not in DEFAULT_WEIGHTS:
+                raise ValueError(f"DFineCriterion: unknown loss weight '{key}'; known: {', '.join(DEFAULT_WEIGHTS)}")
+            self.weights[name] = float(value)
+        self.alpha = float(alpha)
+        self.gamma = float(gamma)
+        self.reg_max = int(reg_max)
+        self.use_mal = bool(use_mal)
+        self.mal_gamma = float(mal_gamma)
+        self.matcher = matcher if matcher is not None else HungarianMatcher()
+        self.label_smoothing = float(label_smoothing)
+
+    # ---- input checks
+
+    def _check_targets(self, targets: list[dict[str, Tensor]], batch: int) -> None:
+        if len(targets) != batch:
+            raise ValueError(f"DFineCriterion: {len(targets)} target dicts for a batch of {batch} images")
+        for i, t in enumerate(targets):
+            if "labels" not in t or "boxes" not in t:
+                raise ValueError(f"DFineCriterion: target {i} needs 'labels' and 'boxes', has {sorted(t)}")
+            labels, boxes = t["labels"], t["boxes"]
+            n = len(labels)
+            if labels.dim() != 1 or boxes.shape != (n, 4):
+                raise ValueError(
+                    f"DFineCriterion: target {i}: labels must be [N] and boxes [N, 4], got "
+                    f"{tuple(labels.shape)} and {tuple(boxes.shape)}"
+                )
+            if labels.is_floating_point():
+                raise ValueError(f"DFineCriterion: target {i}: labels must be integers, got {labels.dtype}")
+            if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(
+                    f"DFineCriterion: target {i}: labels span {int(labels.min())}..{int(labels.max())} but "
+                    f"num_classes={self.num_classes}; labels must be 0-based class indices, so check the "
+                    f"dataset's category ids and the model's num_classes"
+                )
+            if n and not torch.isfinite(boxes).all():
+                raise ValueError(f"DFineCriterion: target {i}: boxes contain NaN or inf")
+            if "weights" in t:
+                w = t["weights"]
+                if w.shape != (n,) or (n and (not torch.isfinite(w).all() or bool((w < 0).any()))):
+                    raise ValueError(
+                        f"DFineCriterion: target {i}: 'weights' must be {n} finite values >= 0, got shape {tuple(w.shape)}"
+                    )
+
+    # ---- per-term pieces
+
+    def _classification(self, layer, targets, indices, num_boxes, num_classes) -> dict[str, Tensor]:
+        logits = layer["pred_logits"]
+        idx = _flat_index(indices)
+        labels = _gather(targets, indices, "labels").long()
+        with torch.no_grad():
+            quality = torch.zeros(logits.shape[:2], dtype=logits.dtype, device=logits.device)
+            matched_boxes = layer["pred_boxes"][idx]
+            quality[idx] = paired_box_iou(cxcywh_to_xyxy(matched_boxes), cxcywh_to_xyxy(_gather(targets, indices, "boxes")))
+            positive_weight = torch.ones_like(quality)
+            positive_weight[idx] = self._box_weights(targets, indices, logits)
+            positive = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+            positive[idx[0], idx[1], labels] = True
+            class_target = positive.to(logits.dtype)
+            if self.label_smoothing > 0:
+                matched = torch.zeros(logits.shape[:2], dtype=torch.bool, device=logits.device)
+                matched[idx] = True
+                smoothed = class_target * (1 - self.label_smoothing) + self.label_smoothing / num_classes
+                class_target = torch.where(matched.unsqueeze(-1), smoothed, class_target)
+        if self.use_mal:
+            loss = matchability_aware_loss(logits, class_target, positive, quality, positive_weight, self.mal_gamma, num_boxes)
+            return {"mal": loss}
+        loss = varifocal_loss(logits, class_target, positive, quality, positive_weight, self.alpha, self.gamma, num_boxes)
+        return {"vfl": loss}
+
+    @staticmethod
+    def _box_weights(targets, indices, like: Tensor) -> Tensor:
+        parts = []
+        for t, (_, cols) in zip(targets, indices):
+            w = t.get("weights")
+            parts.append(w[cols].to(like) if w is not None else torch.ones(len(cols), dtype=like.dtype, device=like.device))
+        return torch.cat(parts) if parts else like.new_zeros(0)
+
+    def _boxes(self, layer, targets, indices, num_boxes) -> dict[str, Tensor]:
+        idx = _flat_index(indices)
+        target_boxes = _gather(targets, indices, "boxes").to(layer["pred_boxes"])
+        l1, giou = box_regression_losses(
+            layer["pred_boxes"][idx], target_boxes, self._box_weights(targets, indices, target_boxes), num_boxes
+        )
+        return {"bbox": l1, "giou": giou}
+
+    def _local(self, layer, targets, indices, num_boxes, fgl_targets, ddf_balance) -> dict[str, Tensor]:
+        """FGL (and DDF when the layer carries teacher corners) on the union matching."""
+        idx = _flat_index(indices)
+        bins = self.reg_max + 1
+        target_boxes = _gather(targets, indices, "boxes").to(layer["pred_boxes"])
+        with torch.no_grad():
+            iou = paired_box_iou(cxcywh_to_xyxy(layer["pred_boxes"][idx]), cxcywh_to_xyxy(target_boxes))
+        box_weight = self._box_weights(targets, indices, target_boxes)
+        target_index, weight_right, weight_left = fgl_targets
+        losses = {
+            "fgl": fine_grained_localization_loss(
+                layer["pred_corners"][idx].reshape(-1, bins), target_index, weight_right, weight_left,
+                (iou * box_weight).repeat_interleave(4), num_boxes,
+            )
+        }
+        teacher = layer.get("teacher_corners")
+        if teacher is not None:
+            pred = layer["pred_corners"]
+            if pred.numel() == 0 or torch.equal(pred, teacher):  # the final layer is its own teacher
+                losses["ddf"] = pred.sum() * 0
+            else:
+                with torch.no_grad():
+                    confidence = layer["teacher_logits"].sigmoid().amax(-1)
+                    confidence[idx] = iou
+                    matched = torch.zeros_like(confidence, dtype=torch.bool)
+                    matched[idx] = True
+                losses["ddf"] = decoupled_distillation_loss(
+                    pred.reshape(-1, bins), teacher.reshape(-1, bins), confidence.repeat_interleave(4, dim=-1).reshape(-1),
+                    matched.repeat_interleave(4, dim=-1).reshape(-1), *ddf_balance,
+                )
+        return losses
+
+    def _fgl_targets(self, layer, targets, indices, bins) -> tuple[Tensor, Tensor, Tensor]:
+        idx = _flat_index(indices)
+        target_xyxy = cxcywh_to_xyxy(_gather(targets, indices, "boxes").to(layer["pred_boxes"]))
+        return bbox2distance(layer["ref_points"][idx].detach(), target_xyxy, bins, self._reg_scale)
+
+    def _weighted(self, terms: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
+        return {f"loss_{name}{suffix}": value * self.weights[name] for name, value in terms.items()}
+
+    # ---- forward
+
+    def forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        device = outputs["pred_logits"].device
+        with torch.autocast(device_type=device.type, enabled=False):
+            return self._forward(outputs, targets)
+
+    def _forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        main = _float32(outputs)
+        batch = main["pred_logits"].shape[0]
+        self._check_targets(targets, batch)
+        if "pred_corners" in main and main["pred_corners"].shape[-1] != 4 * (self.reg_max + 1):
+            raise ValueError(
+                f"DFineCriterion: pred_corners has {main['pred_corners'].shape[-1]} values per query, "
+                f"expected 4 x (reg_max + 1) = {4 * (self.reg_max + 1)}; reg_max of model and loss differ"
+            )
+        targets = [{**t, "boxes": t["boxes"].float()} for t in targets]
+        aux = [_float32(a) for a in outputs.get("aux_outputs", [])]
+        pre = _float32(outputs["pre_outputs"]) if "pre_outputs" in outputs else None
+        enc = [_float32(a) for a in outputs.get("enc_aux_outputs", [])]
+
+        indices = self.matcher(main, targets)["indices"]
+        aux_indices = [self.matcher(a, targets)["indices"] for a in aux]
+        pre_indices = self.matcher(pre, targets)["indices"] if pre is not None else None
+        enc_indices = [self.matcher(a, targets)["indices"] for a in enc]
+        others = aux_indices + ([pre_indices] if pre is not None else []) + enc_indices
+        union = union_of_matches([indices] + others) if aux else indices
+
+        num_boxes = _mean_count_over_ranks(sum(len(t["labels"]) for t in targets), device)
+        num_union = _mean_count_over_ranks(sum(len(r) for r, _ in union), device) if aux else num_boxes
+
+        has_local = "pred_corners" in main
+        if has_local:
+            self._reg_scale = main["reg_scale"]
+            bins = weighting_function(self.reg_max, main["up"], main["reg_scale"]).detach().float()
+            fgl_main = self._fgl_targets(main, targets, union, bins)
+            # positives vs negatives of the union matching, on the decoder's query grid
+            matched_edges = 4 * sum(len(r) for r, _ in union)
+            all_edges = 4 * batch * main["pred_logits"].shape[1]
+            scale = DDF_REFERENCE_BATCH / batch
+            ddf_balance = ((matched_edges * scale) ** 0.5, ((all_edges - matched_edges) * scale) ** 0.5)
+
+        losses: dict[str, Tensor] = {}
+
+        def decoder_layer(layer, cls_indices, suffix, box_indices, n_box, fgl, n_cls=num_boxes, layer_targets=targets, classes=None):
+            terms = self._classification(layer, layer_targets, cls_indices, n_cls, classes or self.num_classes)
+            terms.update(self._boxes(layer, layer_targets, box_indices, n_box))
+            if has_local and "pred_corners" in layer:
+                terms.update(self._local(layer, layer_targets, box_indices, n_box, fgl, ddf_balance))
+            losses.update(self._weighted(terms, suffix))
+
+        decoder_layer(main, indices, "", union, num_union, fgl_main if has_local else None)
+        for i, (layer, layer_indices) in enumerate(zip(aux, aux_indices)):
+            decoder_layer(layer, layer_indices, f"_aux_{i}", union, num_union, fgl_main if has_local else None)
+        if pre is not None:
+            decoder_layer(pre, pre_indices, "_pre", union, num_union, None)
+
+        if enc:
+            class_agnostic = bool(outputs.get("enc_meta", {}).get("class_agnostic", False))
+            enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets] if class_agnostic else targets
+            for i, (layer, layer_indices) in enumerate(zip(enc, enc_indices)):
+                decoder_layer(layer, layer_indices, f"_enc_{i}", union, num_union, None,
+                              layer_targets=enc_targets, classes=1 if class_agnostic else None)
+
+        if "dn_outputs" in outputs:
+            dn_meta = outputs["dn_meta"]
+            dn_indices = denoising_matches(dn_meta, targets)
+            dn_num_boxes = num_boxes * int(dn_meta["dn_num_group"]) or 1.0
+            dn_layers = [_float32(a) for a in outputs["dn_outputs"]]
+            fgl_dn = None
+            if has_local and dn_layers and "pred_corners" in dn_layers[0]:
+                fgl_dn = self._fgl_targets(dn_layers[0], targets, dn_indices, bins)
+            for i, layer in enumerate(dn_layers):
+                decoder_layer(layer, dn_indices, f"_dn_{i}", dn_indices, dn_num_boxes, fgl_dn, n_cls=dn_num_boxes)
+            if "dn_pre_outputs" in outputs:
+                decoder_layer(_float32(outputs["dn_pre_outputs"]), dn_indices, "_dn_pre", dn_indices, dn_num_boxes, None,
+                              n_cls=dn_num_boxes)
+        return losses
