@@ -185,7 +185,9 @@ def lr_scale_factor(rule: str, global_batch: int, nominal_batch: int) -> float:
     raise ValueError(f"lr_scale={rule!r}: allowed values are linear, sqrt, none")
 
 
-def _make(name: str, groups: list[dict[str, Any]], lr: float, momentum: float, cfg: TrainConfig) -> torch.optim.Optimizer:
+def _make(
+    name: str, groups: list[dict[str, Any]], lr: float, momentum: float, weight_decay: float, cfg: TrainConfig
+) -> torch.optim.Optimizer:
     betas = (momentum, 0.999)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
@@ -203,8 +205,7 @@ def _make(name: str, groups: list[dict[str, Any]], lr: float, momentum: float, c
         for g in groups:
             adapt = cfg.adapt_all or not g["name"].endswith("no_decay")
             g["always_adapt"] = adapt
-            if not adapt:
-                g["weight_decay"] = 0.0
+            g["weight_decay"] = weight_decay if adapt else 0.0
         if name == "lars":
             from timm.optim import Lars
 
@@ -240,7 +241,7 @@ def build_optimizer(
     iterations = math.ceil(dataset_size / max(global_batch, cfg.nominal_batch)) * cfg.epochs
 
     name = cfg.optimizer if "optimizer" in cfg.model_fields_set else (recipe.get("optimizer") or cfg.optimizer)
-    reason = "optimizer set by you" if "optimizer" in cfg.model_fields_set else (
+    reason = "optimizer set in the config" if "optimizer" in cfg.model_fields_set else (
         "optimizer from the model family's recipe" if recipe.get("optimizer") else "default optimizer")
     auto_lr = None
     if name == "auto":
@@ -258,8 +259,12 @@ def build_optimizer(
     scale = lr_scale_factor(cfg.lr_scale, global_batch, cfg.nominal_batch)
     lr0 = base_lr * scale
 
+    if name not in ("lars", "lamb") and ("adapt_all" in cfg.model_fields_set and cfg.adapt_all):
+        LOG.warning("adapt_all=true applies to lars/lamb only; %s ignores it", name)
+    if name != "lars" and "lars_trust_coef" in cfg.model_fields_set:
+        LOG.warning("lars_trust_coef=%g applies to lars only; %s ignores it", cfg.lars_trust_coef, name)
     groups = param_groups(model, lr0, weight_decay, backbone_mult)
-    optimizer = _make(name, groups, lr0, momentum, cfg)
+    optimizer = _make(name, groups, lr0, momentum, weight_decay, cfg)
 
     group_info = [
         {

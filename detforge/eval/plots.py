@@ -46,6 +46,17 @@ def _empty_note(ax, text: str) -> None:
 
 
 # ---- confidence curves and confusion matrix -------------------------------------------------
+def _defined_precision(sweep: dict) -> np.ndarray:
+    return np.where(sweep["has_preds"], sweep["precision"], np.nan)
+
+
+def _nanmean_rows(x: np.ndarray) -> np.ndarray:
+    """Row means over the defined (non-NaN) entries; NaN where a row has none."""
+    count = (~np.isnan(x)).sum(axis=1)
+    total = np.nansum(x, axis=1)
+    return np.divide(total, count, out=np.full(len(x), np.nan), where=count > 0)
+
+
 def plot_confidence_curves(sweep: dict, names: Sequence[str], save_dir: Path) -> list[Path]:
     """PR_curve.png, F1_curve.png, P_curve.png, R_curve.png from ``confidence_sweep`` output.
 
@@ -63,10 +74,9 @@ def plot_confidence_curves(sweep: dict, names: Sequence[str], save_dir: Path) ->
         defined = sweep["has_preds"][:, c]
         ax.plot(sweep["recall"][defined, c], sweep["precision"][defined, c], lw=1, label=names[c])
     if len(present):
-        defined = sweep["has_preds"][:, present].any(axis=1)
         ax.plot(
-            sweep["recall"][defined][:, present].mean(axis=1),
-            sweep["precision"][defined][:, present].mean(axis=1),
+            sweep["recall"][:, present].mean(axis=1),
+            _nanmean_rows(_defined_precision(sweep)[:, present]),
             lw=3,
             color="blue",
             label="all classes",
@@ -84,17 +94,18 @@ def plot_confidence_curves(sweep: dict, names: Sequence[str], save_dir: Path) ->
         ("recall", "Recall", "R_curve.png"),
     ):
         fig, (ax,) = _figure()
-        values = sweep[key]
+        # precision is undefined (no predictions) at high conf: a gap, not a drop to 0
+        values = _defined_precision(sweep) if key == "precision" else sweep[key]
         for c in present:
             ax.plot(confs, values[:, c], lw=1, label=names[c])
-        if len(present):
-            mean = values[:, present].mean(axis=1)
-            best = int(np.argmax(mean))
+        mean = _nanmean_rows(values[:, present]) if len(present) else np.full(len(confs), np.nan)
+        if not np.isnan(mean).all():
+            best = int(np.nanargmax(mean))
             ax.plot(confs, mean, lw=3, color="blue", label=f"all classes {mean[best]:.3f} at {confs[best]:.2f}")
             if key == "f1":
                 ax.axvline(confs[best], color="red", ls="--", lw=1)
         else:
-            _empty_note(ax, "no ground truth")
+            _empty_note(ax, "no ground truth" if not len(present) else "no predictions")
         ax.set(xlabel="Confidence", ylabel=label, xlim=(0, 1), ylim=(0, 1.02), title=f"{label}-Confidence")
         if legend:
             ax.legend(loc="lower left", fontsize=8)
@@ -196,8 +207,8 @@ def plot_labels(samples: Sequence[Sample], names: Sequence[str], out: Path) -> P
     if rel_wh:
         wh = np.concatenate(rel_wh)
         xy = np.concatenate(centres)
-        axes[1].hist2d(wh[:, 0], wh[:, 1], bins=50, range=[[0, 1], [0, 1]], cmap="Blues", cmin=1)
-        axes[2].hist2d(xy[:, 0], xy[:, 1], bins=50, range=[[0, 1], [0, 1]], cmap="Blues", cmin=1)
+        axes[1].hist2d(wh[:, 0], wh[:, 1], bins=50, range=[[0, 1], [0, 1]], cmap="viridis", cmin=1)
+        axes[2].hist2d(xy[:, 0], xy[:, 1], bins=50, range=[[0, 1], [0, 1]], cmap="viridis", cmin=1)
         axes[2].invert_yaxis()  # image coordinates: y grows downward
         axes[3].hist(np.concatenate(sizes), bins=50, color="tab:blue")
         for limit in (32, 96):

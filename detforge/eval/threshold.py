@@ -89,8 +89,10 @@ def match_image(
     matched_gt = np.full(n_pred, -1, dtype=np.int64)
     match_iou = np.zeros(n_pred, dtype=np.float64)
     gt_taken = np.zeros(n_gt, dtype=bool)
-    for p in range(n_pred):
-        candidates = overlaps[p] & ~gt_taken & (gt_labels == labels[p])
+    same_class = labels[:, None] == gt_labels[None, :]
+    # only predictions overlapping a same-class GT can become TPs
+    for p in np.flatnonzero((overlaps & same_class).any(axis=1)):
+        candidates = overlaps[p] & same_class[p] & ~gt_taken
         if candidates.any():
             g = int(np.argmax(np.where(candidates, iou[p], -1.0)))
             matched_gt[p], match_iou[p], gt_taken[g] = g, iou[p, g], True

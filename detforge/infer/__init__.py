@@ -1,0 +1,1 @@
+"""Inference: Predictor over torch / onnxruntime / OpenVINO / TensorRT, and `detforge predict`."""

@@ -12,7 +12,6 @@ import numpy as np
 
 from .geometric import (
     PAD_VALUE,
-    base_resize_matrix,
     translation,
     warp_region_into,
     warp_targets,
@@ -60,6 +59,8 @@ def mosaic4(
     """
     if len(tiles) != 4:
         raise ValueError(f"mosaic needs 4 tiles, got {len(tiles)}")
+    if resize_mode not in ("stretch", "letterbox"):
+        raise ValueError(f"unknown resize_mode {resize_mode!r}; allowed: 'stretch', 'letterbox'")
     canvas = np.full((size, size, 3), PAD_VALUE, np.uint8)
     base = []
     for img, _ in tiles:
@@ -68,7 +69,6 @@ def mosaic4(
             r = size / max(w, h)
             base.append((np.diag([r, r, 1.0]), (round(w * r), round(h * r))))
         else:
-            base_resize_matrix(w, h, size, resize_mode)  # validates the mode
             base.append((np.diag([size / w, size / h, 1.0]), (size, size)))
     layout = tile_layout([b[1] for b in base], size, *center)
     parts = []

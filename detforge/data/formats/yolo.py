@@ -113,8 +113,8 @@ def read_image_splits(images: dict[str, list[Path]], names: list[str] | None, ro
     log.split = None
     dirs = label_dirs if label_dirs is not None else {lab.parent for lab in claimed}
     _report_orphans(dirs, claimed, log)
-    if names is None:
-        names = _invent_names(raw, root, log)
+    if names is None:  # with no usable image at all, that is the error to report (by the caller)
+        names = _invent_names(raw, root, log) if any(raw.values()) else []
     splits: dict[str, list[Sample]] = {}
     for split, items in raw.items():
         log.split = split

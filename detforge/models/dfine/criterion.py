@@ -48,6 +48,16 @@ DDF_REFERENCE_BATCH = 8.0
 # --------------------------------------------------------------------------- loss terms
 
 
+def _sum_per_box(loss: Tensor, num_boxes: float) -> Tensor:
+    """Sum of a [B, Q, K] loss over everything, divided by num_boxes. Averaging over queries
+    first, then rescaling by Q, is the reference's order of float32 rounding (the sum itself
+    is the same); an empty query set (no denoising group) gives 0, not the NaN of an empty mean."""
+    queries = loss.shape[1]
+    if queries == 0:
+        return loss.sum() * 0
+    return loss.mean(1).sum() * queries / num_boxes
+
+
 def varifocal_loss(
     logits: Tensor, class_target: Tensor, positive: Tensor, quality: Tensor, positive_weight: Tensor,
     alpha: float, gamma: float, num_boxes: float,
@@ -60,7 +70,7 @@ def varifocal_loss(
     prob = logits.detach().sigmoid()
     weight = torch.where(positive, target * positive_weight.unsqueeze(-1), alpha * prob.pow(gamma))
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
-    return loss.sum() / num_boxes
+    return _sum_per_box(loss, num_boxes)
 
 
 def matchability_aware_loss(
@@ -73,7 +83,7 @@ def matchability_aware_loss(
     prob = logits.detach().sigmoid()
     weight = torch.where(positive, positive_weight.unsqueeze(-1).expand_as(logits), prob.pow(gamma))
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
-    return loss.sum() / num_boxes
+    return _sum_per_box(loss, num_boxes)
 
 
 def box_regression_losses(
@@ -127,8 +137,8 @@ def decoupled_distillation_loss(
 
 def union_of_matches(matchings: list[MatchIndices]) -> MatchIndices:
     """GO-LSD's union set: per image, every query matched in any of ``matchings``, paired with
-    the target it was matched to most often (ties: the smaller target index... as ordered by
-    torch.unique). Rows come out ordered by that count, most frequent first."""
+    the target it was matched to most often. Rows come out ordered by that count, most
+    frequent first."""
     result = []
     for per_layer in zip(*matchings):
         rows = torch.cat([r for r, _ in per_layer])
@@ -137,7 +147,9 @@ def union_of_matches(matchings: list[MatchIndices]) -> MatchIndices:
             result.append((rows.long(), cols.long()))
             continue
         pairs, counts = torch.unique(torch.stack([rows, cols], 1), dim=0, return_counts=True)
-        pairs = pairs[torch.argsort(counts, descending=True, stable=True)]
+        # ties keep torch.argsort's own (unstable) order, as the reference implementation does,
+        # so the chosen pairs, and with them the loss values, are identical to it
+        pairs = pairs[torch.argsort(counts, descending=True)]
         # keep each query's first (most frequent) pair
         query_ids, inverse = torch.unique(pairs[:, 0], return_inverse=True)
         position = torch.arange(len(pairs), device=pairs.device)
@@ -168,6 +180,12 @@ def denoising_matches(dn_meta: dict, targets: list[dict[str, Tensor]]) -> MatchI
             )
         result.append((queries, torch.arange(n, device=device).repeat(groups)))
     return result
+
+
+def _to_device(indices: MatchIndices | None, device: torch.device) -> MatchIndices | None:
+    if indices is None:
+        return None
+    return [(rows.to(device), cols.to(device)) for rows, cols in indices]
 
 
 def _flat_index(indices: MatchIndices) -> tuple[Tensor, Tensor]:
@@ -242,29 +260,37 @@ class DFineCriterion(nn.Module):
         for i, t in enumerate(targets):
             if "labels" not in t or "boxes" not in t:
                 raise ValueError(f"DFineCriterion: target {i} needs 'labels' and 'boxes', has {sorted(t)}")
-            labels, boxes = t["labels"], t["boxes"]
-            n = len(labels)
-            if labels.dim() != 1 or boxes.shape != (n, 4):
+            n = len(t["labels"])
+            if t["labels"].dim() != 1 or t["boxes"].shape != (n, 4):
                 raise ValueError(
                     f"DFineCriterion: target {i}: labels must be [N] and boxes [N, 4], got "
-                    f"{tuple(labels.shape)} and {tuple(boxes.shape)}"
+                    f"{tuple(t['labels'].shape)} and {tuple(t['boxes'].shape)}"
                 )
-            if labels.is_floating_point():
-                raise ValueError(f"DFineCriterion: target {i}: labels must be integers, got {labels.dtype}")
-            if n and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
-                    f"DFineCriterion: target {i}: labels span {int(labels.min())}..{int(labels.max())} but "
-                    f"num_classes={self.num_classes}; labels must be 0-based class indices, so check the "
-                    f"dataset's category ids and the model's num_classes"
-                )
-            if n and not torch.isfinite(boxes).all():
-                raise ValueError(f"DFineCriterion: target {i}: boxes contain NaN or inf")
-            if "weights" in t:
-                w = t["weights"]
-                if w.shape != (n,) or (n and (not torch.isfinite(w).all() or bool((w < 0).any()))):
-                    raise ValueError(
-                        f"DFineCriterion: target {i}: 'weights' must be {n} finite values >= 0, got shape {tuple(w.shape)}"
-                    )
+            if t["labels"].is_floating_point():
+                raise ValueError(f"DFineCriterion: target {i}: labels must be integers, got {t['labels'].dtype}")
+            if "weights" in t and t["weights"].shape != (n,):
+                raise ValueError(f"DFineCriterion: target {i}: 'weights' must have shape ({n},), got {tuple(t['weights'].shape)}")
+        # value checks on the whole batch at once: one device sync, not one per image
+        labels = torch.cat([t["labels"] for t in targets])
+        if labels.numel() == 0:
+            return
+        weights = torch.cat([t.get("weights", torch.ones_like(t["labels"], dtype=torch.float32)).float() for t in targets])
+        boxes = torch.cat([t["boxes"] for t in targets])
+        stats = torch.stack([
+            labels.min().float(), labels.max().float(),
+            torch.isfinite(boxes).all().float(), (torch.isfinite(weights) & (weights >= 0)).all().float(),
+        ]).tolist()
+        if stats[0] < 0 or stats[1] >= self.num_classes:
+            raise ValueError(
+                f"DFineCriterion: target labels span {int(stats[0])}..{int(stats[1])} but num_classes="
+                f"{self.num_classes}; labels must be 0-based class indices, so check the dataset's "
+                f"category ids and the model's num_classes"
+            )
+        if not stats[2]:
+            bad = [i for i, t in enumerate(targets) if not torch.isfinite(t["boxes"]).all()]
+            raise ValueError(f"DFineCriterion: boxes of target(s) {bad} contain NaN or inf")
+        if not stats[3]:
+            raise ValueError("DFineCriterion: per-box 'weights' must be finite and >= 0")
 
     # ---- per-term pieces
 
@@ -340,13 +366,20 @@ class DFineCriterion(nn.Module):
                 )
         return losses
 
-    def _fgl_targets(self, layer, targets, indices, bins) -> tuple[Tensor, Tensor, Tensor]:
+    @staticmethod
+    def _fgl_targets(layer, targets, indices, bins, reg_scale) -> tuple[Tensor, Tensor, Tensor]:
         idx = _flat_index(indices)
         target_xyxy = cxcywh_to_xyxy(_gather(targets, indices, "boxes").to(layer["pred_boxes"]))
-        return bbox2distance(layer["ref_points"][idx].detach(), target_xyxy, bins, self._reg_scale)
+        return bbox2distance(layer["ref_points"][idx].detach(), target_xyxy, bins, reg_scale)
 
-    def _weighted(self, terms: dict[str, Tensor], suffix: str) -> dict[str, Tensor]:
-        return {f"loss_{name}{suffix}": value * self.weights[name] for name, value in terms.items()}
+    def _layer_terms(self, layer, targets, cls_indices, n_cls, box_indices, n_box, fgl, ddf_balance, classes):
+        """Unweighted terms of one layer: classification on its own matching, boxes and local
+        terms on ``box_indices`` (local only for layers that predict edge distributions)."""
+        terms = self._classification(layer, targets, cls_indices, n_cls, classes or self.num_classes)
+        terms.update(self._boxes(layer, targets, box_indices, n_box))
+        if fgl is not None and "pred_corners" in layer:
+            terms.update(self._local(layer, targets, box_indices, n_box, fgl, ddf_balance))
+        return terms
 
     # ---- forward
 
@@ -357,7 +390,7 @@ class DFineCriterion(nn.Module):
 
     def _forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         main = _float32(outputs)
-        batch = main["pred_logits"].shape[0]
+        batch, device = main["pred_logits"].shape[0], main["pred_logits"].device
         self._check_targets(targets, batch)
         if "pred_corners" in main and main["pred_corners"].shape[-1] != 4 * (self.reg_max + 1):
             raise ValueError(
@@ -372,45 +405,50 @@ class DFineCriterion(nn.Module):
         indices = self.matcher(main, targets)["indices"]
         aux_indices = [self.matcher(a, targets)["indices"] for a in aux]
         pre_indices = self.matcher(pre, targets)["indices"] if pre is not None else None
-        enc_indices = [self.matcher(a, targets)["indices"] for a in enc]
+        # query selection may score proposals class-agnostically: then every target is class 0 of 1
+        agnostic = bool(outputs.get("enc_meta", {}).get("class_agnostic", False))
+        enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets] if agnostic else targets
+        enc_indices = [self.matcher(a, enc_targets)["indices"] for a in enc]
         others = aux_indices + ([pre_indices] if pre is not None else []) + enc_indices
         union = union_of_matches([indices] + others) if aux else indices
+
+        # matching ran on the CPU (the union too, so its tie order matches the reference); the
+        # loss indexes device tensors with them
+        indices, union, pre_indices = _to_device(indices, device), _to_device(union, device), _to_device(pre_indices, device)
+        aux_indices = [_to_device(m, device) for m in aux_indices]
+        enc_indices = [_to_device(m, device) for m in enc_indices]
 
         num_boxes = _mean_count_over_ranks(sum(len(t["labels"]) for t in targets), device)
         num_union = _mean_count_over_ranks(sum(len(r) for r, _ in union), device) if aux else num_boxes
 
         has_local = "pred_corners" in main
         if has_local:
-            self._reg_scale = main["reg_scale"]
             bins = weighting_function(self.reg_max, main["up"], main["reg_scale"]).detach().float()
-            fgl_main = self._fgl_targets(main, targets, union, bins)
+            # every decoder layer refines around the same initial reference boxes, so the FGL
+            # targets of the matched queries are computed once, from the final layer's entry
+            fgl_main = self._fgl_targets(main, targets, union, bins, main["reg_scale"])
             # positives vs negatives of the union matching, on the decoder's query grid
             matched_edges = 4 * sum(len(r) for r, _ in union)
             all_edges = 4 * batch * main["pred_logits"].shape[1]
             scale = DDF_REFERENCE_BATCH / batch
             ddf_balance = ((matched_edges * scale) ** 0.5, ((all_edges - matched_edges) * scale) ** 0.5)
+        else:
+            bins, fgl_main, ddf_balance = None, None, None
+
+        def add(layer, suffix, cls_indices, n_cls, box_indices, n_box, fgl=None, layer_targets=targets, classes=None):
+            terms = self._layer_terms(layer, layer_targets, cls_indices, n_cls, box_indices, n_box, fgl, ddf_balance, classes)
+            losses.update({f"loss_{name}{suffix}": value * self.weights[name] for name, value in terms.items()})
 
         losses: dict[str, Tensor] = {}
-
-        def decoder_layer(layer, cls_indices, suffix, box_indices, n_box, fgl, n_cls=num_boxes, layer_targets=targets, classes=None):
-            terms = self._classification(layer, layer_targets, cls_indices, n_cls, classes or self.num_classes)
-            terms.update(self._boxes(layer, layer_targets, box_indices, n_box))
-            if has_local and "pred_corners" in layer:
-                terms.update(self._local(layer, layer_targets, box_indices, n_box, fgl, ddf_balance))
-            losses.update(self._weighted(terms, suffix))
-
-        decoder_layer(main, indices, "", union, num_union, fgl_main if has_local else None)
+        add(main, "", indices, num_boxes, union, num_union, fgl_main)
         for i, (layer, layer_indices) in enumerate(zip(aux, aux_indices)):
-            decoder_layer(layer, layer_indices, f"_aux_{i}", union, num_union, fgl_main if has_local else None)
+            add(layer, f"_aux_{i}", layer_indices, num_boxes, union, num_union, fgl_main)
         if pre is not None:
-            decoder_layer(pre, pre_indices, "_pre", union, num_union, None)
+            add(pre, "_pre", pre_indices, num_boxes, union, num_union)
 
-        if enc:
-            class_agnostic = bool(outputs.get("enc_meta", {}).get("class_agnostic", False))
-            enc_targets = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets] if class_agnostic else targets
-            for i, (layer, layer_indices) in enumerate(zip(enc, enc_indices)):
-                decoder_layer(layer, layer_indices, f"_enc_{i}", union, num_union, None,
-                              layer_targets=enc_targets, classes=1 if class_agnostic else None)
+        for i, (layer, layer_indices) in enumerate(zip(enc, enc_indices)):
+            add(layer, f"_enc_{i}", layer_indices, num_boxes, union, num_union,
+                layer_targets=enc_targets, classes=1 if agnostic else None)
 
         if "dn_outputs" in outputs:
             dn_meta = outputs["dn_meta"]
@@ -419,10 +457,10 @@ class DFineCriterion(nn.Module):
             dn_layers = [_float32(a) for a in outputs["dn_outputs"]]
             fgl_dn = None
             if has_local and dn_layers and "pred_corners" in dn_layers[0]:
-                fgl_dn = self._fgl_targets(dn_layers[0], targets, dn_indices, bins)
+                # the denoising queries share one set of reference boxes across layers, like the matched ones
+                fgl_dn = self._fgl_targets(dn_layers[0], targets, dn_indices, bins, main["reg_scale"])
             for i, layer in enumerate(dn_layers):
-                decoder_layer(layer, dn_indices, f"_dn_{i}", dn_indices, dn_num_boxes, fgl_dn, n_cls=dn_num_boxes)
+                add(layer, f"_dn_{i}", dn_indices, dn_num_boxes, dn_indices, dn_num_boxes, fgl_dn)
             if "dn_pre_outputs" in outputs:
-                decoder_layer(_float32(outputs["dn_pre_outputs"]), dn_indices, "_dn_pre", dn_indices, dn_num_boxes, None,
-                              n_cls=dn_num_boxes)
+                add(_float32(outputs["dn_pre_outputs"]), "_dn_pre", dn_indices, dn_num_boxes, dn_indices, dn_num_boxes)
         return losses

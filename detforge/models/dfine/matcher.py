@@ -72,10 +72,13 @@ class HungarianMatcher:
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if len(targets) != logits.shape[0]:
             raise ValueError(f"HungarianMatcher: {len(targets)} target dicts for a batch of {logits.shape[0]} images")
-        costs = [
-            self.cost_matrix(logits[i], boxes[i], t["labels"], t["boxes"]).cpu().numpy()
-            for i, t in enumerate(targets)
-        ]
+        per_image = [self.cost_matrix(logits[i], boxes[i], t["labels"], t["boxes"]) for i, t in enumerate(targets)]
+        # one device-to-host copy for the whole batch
+        flat = torch.cat([c.reshape(-1) for c in per_image]).cpu().numpy() if per_image else np.zeros(0)
+        costs, offset = [], 0
+        for c in per_image:
+            costs.append(flat[offset : offset + c.numel()].reshape(c.shape))
+            offset += c.numel()
         indices = [_assign(c) for c in costs]
         result = {"indices": [_as_tensors(rows, cols) for rows, cols in indices]}
         if return_topk:

@@ -70,7 +70,8 @@ class FCOS(DetectionModel):
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def raw_outputs(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
-        if images.ndim != 4 or images.shape[1] != 3:
+        # checked in eager mode only: under ONNX tracing a Python branch on a shape would be baked in
+        if not torch.jit.is_tracing() and (images.ndim != 4 or images.shape[1] != 3):
             raise ValueError(f"images must be [B, 3, H, W] RGB in 0..1, got shape {tuple(images.shape)}")
         x = (images - self.pixel_mean) / self.pixel_std
         return self.head(self.neck(self.backbone(x)))

@@ -1,0 +1,407 @@
+"""D-FINE decoder: query selection from the encoder memory, deformable cross-attention over the
+feature levels, and Fine-grained Distribution Refinement of the boxes layer by layer.
+
+Attribute names follow the official state dict (``decoder.layers.0.cross_attn.sampling_offsets``,
+``dec_bbox_head.2.layers.1``, ``enc_output.proj``...) so official checkpoints load by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from detforge.models.dfine.denoising import DenoisingQueries, build_denoising_queries, inverse_sigmoid
+from detforge.models.dfine.fdr import distance2bbox, distribution_to_distance, weighting_function
+
+
+def prior_bias(prob: float) -> float:
+    """Logit bias that makes sigmoid(bias) == prob."""
+    return -math.log((1 - prob) / prob)
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [cin] + [hidden] * (num_layers - 1) + [cout]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class DeformableAttention(nn.Module):
+    """Multi-scale deformable attention around reference boxes, with its own point count per
+    level. Offsets are scaled by the box size / points of the level; there is no value or output
+    projection (D-FINE feeds the encoder memory directly)."""
+
+    def __init__(self, dim: int, heads: int, points: tuple[int, ...], offset_scale: float = 0.5) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"deformable attention: dim {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.points = tuple(points)
+        self.offset_scale = offset_scale
+        total = sum(self.points)
+        self.register_buffer(
+            "num_points_scale", torch.tensor([1.0 / n for n in self.points for _ in range(n)], dtype=torch.float32)
+        )
+        self.sampling_offsets = nn.Linear(dim, heads * total * 2)
+        self.attention_weights = nn.Linear(dim, heads * total)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # each head starts looking along its own direction, point k of a level k steps out
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.heads, dtype=torch.float32) * (2.0 * math.pi / self.heads)
+        directions = torch.stack([angles.cos(), angles.sin()], -1)
+        directions = directions / directions.abs().max(-1, keepdim=True).values
+        steps = torch.cat([torch.arange(1, n + 1, dtype=torch.float32) for n in self.points])
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_((directions[:, None, :] * steps[None, :, None]).flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+
+    def forward(self, query: Tensor, ref_boxes: Tensor, values: list[Tensor]) -> Tensor:
+        """query [B, Q, C]; ref_boxes [B, Q, 4] cxcywh in 0..1; values: per level [B*heads, C/heads, H, W]."""
+        b, q, _ = query.shape
+        total = sum(self.points)
+        offsets = self.sampling_offsets(query).reshape(b, q, self.heads, total, 2)
+        weights = self.attention_weights(query).reshape(b, q, self.heads, total).softmax(-1)
+        scale = self.num_points_scale.to(query.dtype)[:, None]
+        ref = ref_boxes[:, :, None, None, :]
+        locations = ref[..., :2] + offsets * scale * ref[..., 2:] * self.offset_scale
+        # grid_sample wants [-1, 1] coordinates, one batch entry per (image, head)
+        grids = (2 * locations - 1).permute(0, 2, 1, 3, 4).flatten(0, 1)
+        sampled = [
+            F.grid_sample(value, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            for value, grid in zip(values, grids.split(self.points, dim=-2))
+        ]
+        weights = weights.permute(0, 2, 1, 3).reshape(b * self.heads, 1, q, total)
+        out = (torch.cat(sampled, dim=-1) * weights).sum(-1)  # [B*heads, C/heads, Q]
+        return out.reshape(b, -1, q).transpose(1, 2)
+
+
+class Gate(nn.Module):
+    """Blends the residual stream and the cross-attention output with learned sigmoid gates."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(2 * dim, 2 * dim)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, prior_bias(0.5))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, update: Tensor) -> Tensor:
+        g1, g2 = torch.sigmoid(self.gate(torch.cat([x, update], dim=-1))).chunk(2, dim=-1)
+        return self.norm(g1 * x + g2 * update)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ffn: int, points: tuple[int, ...]) -> None:
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
+        self.norm1 = nn.LayerNorm(dim)
+        self.cross_attn = DeformableAttention(dim, heads, points)
+        self.gateway = Gate(dim)
+        self.linear1 = nn.Linear(dim, ffn)
+        self.linear2 = nn.Linear(ffn, dim)
+        self.norm3 = nn.LayerNorm(dim)
+        nn.init.xavier_uniform_(self.linear1.weight)
+        nn.init.xavier_uniform_(self.linear2.weight)
+
+    def forward(self, x: Tensor, ref_boxes: Tensor, values: list[Tensor], pos: Tensor,
+                attn_mask: Tensor | None) -> Tensor:
+        q = x + pos
+        x = self.norm1(x + self.self_attn(q, q, value=x, attn_mask=attn_mask, need_weights=False)[0])
+        x = self.gateway(x, self.cross_attn(x + pos, ref_boxes, values))
+        x = x + self.linear2(F.relu(self.linear1(x)))
+        # keep fp16 activations finite before the norm
+        return self.norm3(x.clamp(min=-65504, max=65504))
+
+
+class QualityHead(nn.Module):
+    """Location Quality Estimator: adds a score from the sharpness of the edge distributions
+    (top-k bin probabilities and their mean) to the class logits."""
+
+    def __init__(self, reg_max: int, top_k: int = 4, hidden: int = 64) -> None:
+        super().__init__()
+        self.top_k = top_k
+        self.reg_max = reg_max
+        self.reg_conf = MLP(4 * (top_k + 1), hidden, 1, 2)
+        nn.init.zeros_(self.reg_conf.layers[-1].weight)
+        nn.init.zeros_(self.reg_conf.layers[-1].bias)
+
+    def forward(self, logits: Tensor, corners: Tensor) -> Tensor:
+        b, q, _ = corners.shape
+        probs = corners.reshape(b, q, 4, self.reg_max + 1).softmax(-1)
+        top = probs.topk(self.top_k, dim=-1).values
+        stats = torch.cat([top, top.mean(-1, keepdim=True)], dim=-1)
+        return logits + self.reg_conf(stats.reshape(b, q, -1))
+
+
+class DecoderStack(nn.Module):
+    """The decoder layers and their quality heads (``decoder.decoder.*`` in the state dict)."""
+
+    def __init__(self, layers: list[DecoderLayer], reg_max: int, up: nn.Parameter, reg_scale: nn.Parameter) -> None:
+        super().__init__()
+        self.up = up
+        self.reg_scale = reg_scale
+        self.layers = nn.ModuleList(layers)
+        self.lqe_layers = nn.ModuleList(QualityHead(reg_max) for _ in layers)
+
+
+def make_anchors(shapes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype = torch.float32,
+                 base_size: float = 0.05, eps: float = 1e-2) -> tuple[Tensor, Tensor]:
+    """One anchor per feature cell, (cx, cy, w, h) in inverse-sigmoid space with w = h =
+    ``base_size * 2**level``; anchors touching the image border (within ``eps``) are invalid and
+    set to +inf. Returns anchors [1, N, 4] and the valid mask [1, N, 1]."""
+    per_level = []
+    for level, (h, w) in enumerate(shapes):
+        ys = (torch.arange(h, device=device, dtype=dtype) + 0.5) / h
+        xs = (torch.arange(w, device=device, dtype=dtype) + 0.5) / w
+        cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+        size = torch.full_like(cx, base_size * 2.0**level)
+        per_level.append(torch.stack([cx, cy, size, size], dim=-1).reshape(-1, 4))
+    anchors = torch.cat(per_level)[None]
+    valid = ((anchors > eps) & (anchors < 1 - eps)).all(-1, keepdim=True)
+    anchors = torch.log(anchors / (1 - anchors))
+    return torch.where(valid, anchors, torch.full_like(anchors, float("inf"))), valid
+
+
+class DFineDecoder(nn.Module):
+    """Returns the official output dict: eval ``{pred_logits, pred_boxes}``; training adds
+    pred_corners, ref_points, up, reg_scale, aux_outputs, pre_outputs, enc_aux_outputs, enc_meta
+    and, with denoising, dn_outputs, dn_pre_outputs, dn_meta."""
+
+    def __init__(self, num_classes: int, feat_channels: tuple[int, ...], feat_strides: tuple[int, ...],
+                 dim: int = 256, ffn: int = 1024, heads: int = 8, num_layers: int = 6,
+                 num_points: tuple[int, ...] = (3, 6, 3), num_queries: int = 300, reg_max: int = 32,
+                 reg_scale: float = 4.0, eval_idx: int = -1, num_denoising: int = 100,
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
+                 anchor_image_size: tuple[int, int] = (640, 640)) -> None:
+        super().__init__()
+        if len(feat_channels) != len(feat_strides) or len(num_points) != len(feat_channels):
+            raise ValueError(
+                f"D-FINE decoder: {len(feat_channels)} feature channels, {len(feat_strides)} strides and "
+                f"{len(num_points)} point counts must all be one per level"
+            )
+        self.num_classes = num_classes
+        self.num_queries = num_queries
+        self.reg_max = reg_max
+        self.heads = heads
+        self.num_layers = num_layers
+        self.eval_idx = eval_idx if eval_idx >= 0 else num_layers + eval_idx
+        if not 0 <= self.eval_idx < num_layers:
+            raise ValueError(f"D-FINE decoder: eval_idx {eval_idx} is outside {num_layers} layers")
+        self.num_denoising = num_denoising
+        self.label_noise_ratio = label_noise_ratio
+        self.box_noise_scale = box_noise_scale
+
+        self.input_proj = nn.ModuleList(
+            nn.Identity() if c == dim else
+            nn.Sequential(OrderedDict(conv=nn.Conv2d(c, dim, 1, bias=False), norm=nn.BatchNorm2d(dim)))
+            for c in feat_channels
+        )
+        # fixed FDR constants, stored as (frozen) parameters like the official model
+        self.up = nn.Parameter(torch.tensor([0.5]), requires_grad=False)
+        self.reg_scale = nn.Parameter(torch.tensor([float(reg_scale)]), requires_grad=False)
+        self.decoder = DecoderStack(
+            [DecoderLayer(dim, heads, ffn, tuple(num_points)) for _ in range(num_layers)], reg_max, self.up, self.reg_scale
+        )
+        if num_denoising > 0:
+            self.denoising_class_embed = nn.Embedding(num_classes + 1, dim, padding_idx=num_classes)
+        self.query_pos_head = MLP(4, 2 * dim, dim, 2)
+        self.enc_output = nn.Sequential(OrderedDict(proj=nn.Linear(dim, dim), norm=nn.LayerNorm(dim)))
+        self.enc_score_head = nn.Linear(dim, num_classes)
+        self.enc_bbox_head = MLP(dim, dim, 4, 3)
+        self.dec_score_head = nn.ModuleList(nn.Linear(dim, num_classes) for _ in range(num_layers))
+        self.pre_bbox_head = MLP(dim, dim, 4, 3)
+        self.dec_bbox_head = nn.ModuleList(MLP(dim, dim, 4 * (reg_max + 1), 3) for _ in range(num_layers))
+
+        # The official model keeps the anchors of its 640x640 evaluation size as buffers; they are
+        # kept (so checkpoints load by name) but anchors are always rebuilt from the actual
+        # feature sizes, so any input size works.
+        h, w = anchor_image_size
+        anchors, valid = make_anchors([(h // s, w // s) for s in feat_strides], torch.device("cpu"))
+        self.register_buffer("anchors", anchors)
+        self.register_buffer("valid_mask", valid)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        cls_bias = prior_bias(0.01)
+        nn.init.constant_(self.enc_score_head.bias, cls_bias)
+        for head in self.dec_score_head:
+            nn.init.constant_(head.bias, cls_bias)
+        for mlp in [self.enc_bbox_head, self.pre_bbox_head, *self.dec_bbox_head]:
+            nn.init.zeros_(mlp.layers[-1].weight)
+            nn.init.zeros_(mlp.layers[-1].bias)
+        nn.init.xavier_uniform_(self.enc_output.proj.weight)
+        for layer in self.query_pos_head.layers:
+            nn.init.xavier_uniform_(layer.weight)
+        for proj in self.input_proj:
+            if isinstance(proj, nn.Sequential):
+                nn.init.xavier_uniform_(proj.conv.weight)
+
+    # ---- pieces of the forward pass
+
+    def _flatten_levels(self, feats: list[Tensor]) -> tuple[Tensor, list[tuple[int, int]]]:
+        maps = [proj(f) for proj, f in zip(self.input_proj, feats)]
+        shapes = [(m.shape[2], m.shape[3]) for m in maps]
+        return torch.cat([m.flatten(2).transpose(1, 2) for m in maps], dim=1), shapes
+
+    def _values(self, memory: Tensor, shapes: list[tuple[int, int]]) -> list[Tensor]:
+        b, n, c = memory.shape
+        per_head = memory.reshape(b, n, self.heads, c // self.heads).permute(0, 2, 3, 1)
+        return [
+            v.reshape(b * self.heads, c // self.heads, h, w)
+            for v, (h, w) in zip(per_head.split([h * w for h, w in shapes], dim=-1), shapes)
+        ]
+
+    def _select_queries(self, memory: Tensor, shapes: list[tuple[int, int]]):
+        """Top-``num_queries`` encoder cells by best class logit -> content, box and the
+        encoder's own predictions for them (supervised in training)."""
+        # anchors stay float32 (their logits reach +-4.6 and +inf), whatever the autocast dtype
+        anchors, valid = make_anchors(shapes, memory.device)
+        memory = valid.to(memory.dtype) * memory
+        enc_memory = self.enc_output(memory)
+        enc_logits = self.enc_score_head(enc_memory)
+        k = min(self.num_queries, enc_logits.shape[1])
+        index = enc_logits.max(-1).values.topk(k, dim=1).indices
+        top_memory = enc_memory.gather(1, index[..., None].expand(-1, -1, enc_memory.shape[-1]))
+        top_anchors = anchors.expand(memory.shape[0], -1, -1).gather(1, index[..., None].expand(-1, -1, 4))
+        top_boxes_unact = self.enc_bbox_head(top_memory) + top_anchors
+        top_logits = enc_logits.gather(1, index[..., None].expand(-1, -1, enc_logits.shape[-1]))
+        return top_memory, top_boxes_unact, top_logits
+
+    def bins(self) -> Tensor:
+        project = getattr(self, "project", None)
+        if project is not None:
+            return project
+        return weighting_function(self.reg_max, self.up, self.reg_scale)
+
+    def forward(self, feats: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> dict:
+        memory, shapes = self._flatten_levels(feats)
+        top_memory, top_boxes_unact, top_logits = self._select_queries(memory, shapes)
+        denoise = None
+        dn_meta = None
+        if self.training and self.num_denoising > 0 and targets is not None:
+            # tiny inputs can have fewer cells than num_queries: use the count actually selected
+            built = build_denoising_queries(targets, self.num_classes, top_memory.shape[1], self.denoising_class_embed,
+                                            self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
+            if isinstance(built, DenoisingQueries):
+                denoise, dn_meta = built, built.meta
+            else:
+                dn_meta = built
+        enc_boxes = top_boxes_unact.sigmoid()
+        content = top_memory.detach()
+        ref_unact = top_boxes_unact.detach()
+        attn_mask = None
+        if denoise is not None:
+            content = torch.cat([denoise.content, content], dim=1)
+            ref_unact = torch.cat([denoise.boxes_unact, ref_unact], dim=1)
+            attn_mask = denoise.attn_mask
+
+        out = self._refine(content, ref_unact, self._values(memory, shapes), attn_mask)
+        if not self.training:
+            return {"pred_logits": out["logits"][-1], "pred_boxes": out["boxes"][-1]}
+        return self._training_outputs(out, top_logits, enc_boxes, dn_meta)
+
+    def _refine(self, content: Tensor, ref_unact: Tensor, values: list[Tensor], attn_mask: Tensor | None) -> dict:
+        """Run the decoder layers. Layer 0 predicts an initial box from the query's reference box;
+        every layer then predicts edge-distribution logits that add to the previous layer's, and
+        decodes them (FDR) around that fixed initial box."""
+        bins = self.bins()
+        stack = self.decoder
+        x = content
+        prev_x = None
+        prev_corners = None
+        ref_boxes = ref_unact.sigmoid()
+        logits, boxes, corners_out, refs = [], [], [], []
+        pre_logits = pre_boxes = initial_boxes = None
+        last = self.num_layers - 1 if self.training else self.eval_idx
+        for i in range(last + 1):
+            pos = self.query_pos_head(ref_boxes).clamp(min=-10, max=10)
+            x = stack.layers[i](x, ref_boxes, values, pos, attn_mask)
+            if i == 0:
+                pre_boxes = torch.sigmoid(self.pre_bbox_head(x) + inverse_sigmoid(ref_boxes))
+                if self.training:
+                    pre_logits = self.dec_score_head[0](x)
+                initial_boxes = pre_boxes.detach()
+            # the head sees this layer's features plus the previous layer's (without gradient)
+            head_in = x if prev_x is None else x + prev_x
+            corners = self.dec_bbox_head[i](head_in)
+            if prev_corners is not None:
+                corners = corners + prev_corners
+            refined = distance2bbox(initial_boxes, distribution_to_distance(corners, bins), self.reg_scale)
+            if self.training or i == self.eval_idx:
+                logits.append(stack.lqe_layers[i](self.dec_score_head[i](x), corners))
+                boxes.append(refined)
+                corners_out.append(corners)
+                refs.append(initial_boxes)
+            prev_corners = corners
+            ref_boxes = refined.detach()
+            prev_x = x.detach()
+        return {
+            "logits": torch.stack(logits), "boxes": torch.stack(boxes), "corners": torch.stack(corners_out),
+            "refs": torch.stack(refs), "pre_logits": pre_logits, "pre_boxes": pre_boxes,
+        }
+
+    def _training_outputs(self, out: dict, enc_logits: Tensor, enc_boxes: Tensor, dn_meta: dict | None) -> dict:
+        logits, boxes, corners, refs = out["logits"], out["boxes"], out["corners"], out["refs"]
+        pre_logits, pre_boxes = out["pre_logits"], out["pre_boxes"]
+        if dn_meta is not None:
+            split = dn_meta["dn_num_split"]
+            dn_pre_logits, pre_logits = pre_logits.split(split, dim=1)
+            dn_pre_boxes, pre_boxes = pre_boxes.split(split, dim=1)
+            dn_logits, logits = logits.split(split, dim=2)
+            dn_boxes, boxes = boxes.split(split, dim=2)
+            dn_corners, corners = corners.split(split, dim=2)
+            dn_refs, refs = refs.split(split, dim=2)
+        result = {
+            "pred_logits": logits[-1], "pred_boxes": boxes[-1], "pred_corners": corners[-1],
+            "ref_points": refs[-1], "up": self.up, "reg_scale": self.reg_scale,
+            "aux_outputs": _layer_outputs(logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]),
+            "enc_aux_outputs": [{"pred_logits": enc_logits, "pred_boxes": enc_boxes}],
+            "pre_outputs": {"pred_logits": pre_logits, "pred_boxes": pre_boxes},
+            "enc_meta": {"class_agnostic": False},
+        }
+        if dn_meta is not None:
+            result["dn_outputs"] = _layer_outputs(dn_logits, dn_boxes, dn_corners, dn_refs, dn_corners[-1], dn_logits[-1])
+            result["dn_pre_outputs"] = {"pred_logits": dn_pre_logits, "pred_boxes": dn_pre_boxes}
+            result["dn_meta"] = dn_meta
+        return result
+
+    def deploy(self) -> None:
+        """Inference form: freeze the bin values, drop the layers after ``eval_idx`` and the
+        heads that only the training outputs use (as the official convert_to_deploy does), and
+        the denoising embedding."""
+        self.register_buffer("project", self.bins().detach().clone(), persistent=False)
+        keep = self.eval_idx + 1
+        self.decoder.layers = self.decoder.layers[:keep]
+        self.decoder.lqe_layers = nn.ModuleList(
+            [nn.Identity()] * self.eval_idx + [self.decoder.lqe_layers[self.eval_idx]]
+        )
+        self.dec_score_head = nn.ModuleList([nn.Identity()] * self.eval_idx + [self.dec_score_head[self.eval_idx]])
+        self.dec_bbox_head = self.dec_bbox_head[:keep]
+        self.num_layers = keep
+        if hasattr(self, "denoising_class_embed"):
+            del self.denoising_class_embed
+        self.num_denoising = 0
+
+
+def _layer_outputs(logits, boxes, corners, refs, teacher_corners, teacher_logits) -> list[dict]:
+    return [
+        {"pred_logits": a, "pred_boxes": b, "pred_corners": c, "ref_points": d,
+         "teacher_corners": teacher_corners, "teacher_logits": teacher_logits}
+        for a, b, c, d in zip(logits, boxes, corners, refs)
+    ]

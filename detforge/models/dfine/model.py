@@ -1,0 +1,134 @@
+"""D-FINE as a detforge DetectionModel: HGNetv2 backbone, hybrid encoder, D-FINE decoder.
+
+Inputs are RGB in 0..1 with no mean/std normalisation, as in the official pipeline (its
+transforms end with ConvertPILImage(scale=True)), so official checkpoints see what they expect.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import box_convert
+
+from detforge.models.base import DetectionModel
+from detforge.models.dfine.decoder import DFineDecoder
+from detforge.models.dfine.encoder import HybridEncoder
+from detforge.models.dfine.hgnetv2 import HGNetv2
+from detforge.models.dfine.postprocess import to_detections, topk_detections
+from detforge.models.dfine.sizes import DFineSize, official_recipe, size_settings
+
+
+class DFine(DetectionModel):
+    """``DFine("n", num_classes=3)``; ``pretrained=PATH`` loads an official checkpoint file.
+
+    ``freeze_norm``: None follows the official setting of the size (FrozenBatchNorm2d and a frozen
+    stem for L and X) when starting from official weights, and trains every norm when starting
+    from scratch (frozen statistics of random weights would leave the backbone unnormalised).
+    ``loss_options`` go to DFineCriterion; ``overrides`` replace fields of the size's settings
+    (see sizes.DFineSize), e.g. ``num_queries=100``.
+    """
+
+    family = "dfine"
+    stride = 32
+    backbone_prefixes = ("backbone.",)
+
+    def __init__(self, size: str, num_classes: int, pretrained: str | None = None,
+                 freeze_norm: bool | None = None, loss_options: dict[str, Any] | None = None,
+                 **overrides: Any) -> None:
+        if int(num_classes) < 1:
+            raise ValueError(f"D-FINE: num_classes must be >= 1, got {num_classes}")
+        super().__init__(num_classes)
+        self.size = str(size).lower().removeprefix("dfine-")
+        cfg: DFineSize = size_settings(self.size, **overrides)
+        self.settings = cfg
+        from_weights = pretrained is not None
+        frozen = cfg.frozen_norm and from_weights if freeze_norm is None else bool(freeze_norm)
+        self.backbone = HGNetv2(cfg.backbone, cfg.lab, cfg.return_idx, frozen_norm=frozen,
+                                freeze_stem=cfg.freeze_stem and from_weights)
+        self.encoder = HybridEncoder(cfg.backbone_channels, cfg.enc_dim, cfg.enc_ffn, cfg.enc_heads,
+                                     expansion=cfg.expansion, depth_mult=cfg.depth_mult)
+        self.decoder = DFineDecoder(
+            self.num_classes, (cfg.enc_dim,) * cfg.num_levels, cfg.feat_strides, dim=cfg.dec_dim, ffn=cfg.dec_ffn,
+            heads=cfg.dec_heads, num_layers=cfg.num_layers, num_points=cfg.num_points, num_queries=cfg.num_queries,
+            reg_max=cfg.reg_max, reg_scale=cfg.reg_scale, eval_idx=cfg.eval_idx, num_denoising=cfg.num_denoising,
+            label_noise_ratio=cfg.label_noise_ratio, box_noise_scale=cfg.box_noise_scale,
+        )
+        self._loss_options = dict(loss_options or {})
+        self._criterion: list[nn.Module] = []  # built on first use; kept out of the state dict
+        self.load_report: dict[str, Any] | None = None
+        if pretrained is not None:
+            from detforge.models.dfine.weights import load_official
+
+            self.load_report = load_official(self, pretrained)
+
+    # ---- training / raw outputs
+
+    def criterion(self) -> nn.Module:
+        if not self._criterion:
+            # imported here: the loss module imports this package's FDR maths
+            from detforge.models.dfine.criterion import DFineCriterion
+
+            options = {"reg_max": self.settings.reg_max, **self._loss_options}
+            self._criterion.append(DFineCriterion(self.num_classes, **options))
+        return self._criterion[0]
+
+    def forward(self, images: Tensor, targets: list[dict[str, Tensor]] | None = None) -> Any:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"D-FINE: expected images [B, 3, H, W], got {tuple(images.shape)}")
+        norm_targets = self._normalise_targets(targets, images) if targets is not None else None
+        outputs = self.decoder(self.encoder(self.backbone(images)), norm_targets)
+        if self.training and norm_targets is not None:
+            return self.criterion()(outputs, norm_targets)
+        return outputs
+
+    def _normalise_targets(self, targets: list[dict[str, Tensor]], images: Tensor) -> list[dict[str, Tensor]]:
+        """Absolute xyxy input pixels -> normalised cxcywh, as the decoder and loss expect."""
+        if len(targets) != images.shape[0]:
+            raise ValueError(f"D-FINE: {len(targets)} target dicts for a batch of {images.shape[0]} images")
+        h, w = images.shape[-2:]
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=images.device)
+        out = []
+        for i, t in enumerate(targets):
+            boxes = t["boxes"].to(device=images.device, dtype=torch.float32).reshape(-1, 4)
+            labels = t["labels"].to(device=images.device, dtype=torch.long).reshape(-1)
+            if len(boxes) != len(labels):
+                raise ValueError(f"D-FINE: target {i} has {len(boxes)} boxes but {len(labels)} labels")
+            if len(boxes) and not torch.isfinite(boxes).all():
+                raise ValueError(f"D-FINE: target {i} has non-finite box coordinates")
+            if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+                raise ValueError(
+                    f"D-FINE: target {i} has labels {int(labels.min())}..{int(labels.max())}, but the model has "
+                    f"num_classes={self.num_classes}; labels must be 0-based class indices"
+                )
+            norm = box_convert(boxes / scale, "xyxy", "cxcywh").clamp(0.0, 1.0)
+            extra = {k: v for k, v in t.items() if k not in ("boxes", "labels")}
+            out.append({**extra, "boxes": norm, "labels": labels})
+        return out
+
+    # ---- inference
+
+    def postprocess(self, outputs: dict[str, Tensor], input_hw: tuple[int, int],
+                    max_det: int = 300) -> list[dict[str, Tensor]]:
+        boxes, scores, labels = topk_detections(outputs["pred_logits"], outputs["pred_boxes"], input_hw, max_det)
+        return to_detections(boxes, scores, labels)
+
+    def export_forward(self, images: Tensor, max_det: int = 300) -> tuple[Tensor, Tensor, Tensor]:
+        outputs = self.decoder(self.encoder(self.backbone(images)))
+        hw = torch._shape_as_tensor(images)[2:] if torch.jit.is_tracing() else tuple(images.shape[-2:])
+        return topk_detections(outputs["pred_logits"], outputs["pred_boxes"], hw, max_det)
+
+    def deploy(self) -> "DFine":
+        """Inference form: RepVGG branches and conv-norm pairs of the encoder fused, training-only
+        decoder heads and the denoising embedding dropped. Eval outputs are unchanged."""
+        self.eval()
+        self.encoder.fuse()
+        self.decoder.deploy()
+        return self
+
+    # ---- recipe
+
+    def recipe(self) -> dict[str, Any]:
+        """The official COCO recipe of this size as TrainConfig keys (see sizes.official_recipe)."""
+        return official_recipe(self.size)

@@ -1,0 +1,107 @@
+"""The built-in synthetic dataset: deterministic, balanced, tight boxes, reused when complete."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from detforge.data.formats import load_dataset
+from detforge.data.synthetic import BACKGROUND_FRACTION, MANIFEST, NAMES, ensure_synthetic, render_sample
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _renders(n: int, size: int = 128):
+    return [render_sample(np.random.default_rng([7, i]), size) for i in range(n)]
+
+
+def test_same_bytes_twice_and_loadable(tmp_path):
+    a = ensure_synthetic(tmp_path / "a", n_train=10, n_val=4, size=96, seed=3)
+    b = ensure_synthetic(tmp_path / "b", n_train=10, n_val=4, size=96, seed=3)
+    assert _files(a) == _files(b)
+    assert _files(a) != _files(ensure_synthetic(tmp_path / "c", n_train=10, n_val=4, size=96, seed=4))
+    data = load_dataset(a)
+    assert data.names == list(NAMES) and data.problems == []
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 10, "val": 4}
+    assert all((s.width, s.height) == (96, 96) for v in data.splits.values() for s in v)
+
+
+def test_complete_copy_is_reused_and_incomplete_one_regenerated(tmp_path):
+    root = ensure_synthetic(tmp_path / "s", n_train=6, n_val=2, size=64)
+    original = _files(root)
+    image = root / "images/train/train_00000.jpg"
+    stamp = image.stat().st_mtime_ns
+    assert ensure_synthetic(root, n_train=6, n_val=2, size=64) == root
+    assert image.stat().st_mtime_ns == stamp  # reused, not rewritten
+    image.write_bytes(image.read_bytes()[:100])  # an interrupted write
+    (root / "user_notes.txt").write_text("keep me")
+    ensure_synthetic(root, n_train=6, n_val=2, size=64)
+    assert _files(root) == {**original, "user_notes.txt": b"keep me"}
+    ensure_synthetic(root, n_train=6, n_val=3, size=64)  # other parameters: regenerated to match
+    assert json.loads((root / MANIFEST).read_text())["n_val"] == 3
+    assert len(list((root / "images/val").iterdir())) == 3
+    assert not list(tmp_path.glob(".s.partial-*"))
+
+
+def test_default_location_follows_detforge_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETFORGE_CACHE", str(tmp_path / "cache"))
+    root = ensure_synthetic(n_train=4, n_val=2, size=64, seed=1)
+    assert root.parent == tmp_path / "cache" and root.name.startswith("synthetic-v1")
+    assert (root / "data.yaml").is_file()
+
+
+def test_built_in_dataset_is_the_default_of_load_dataset(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETFORGE_CACHE", str(tmp_path))
+    data = load_dataset(None)
+    assert data.layout == "synthetic" and data.root == tmp_path / "synthetic-v1"
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 240, "val": 60}
+    assert all((s.width, s.height) == (320, 320) for s in data.splits["train"])
+
+
+def test_class_balance_background_share_and_sizes():
+    renders = _renders(300)
+    counts = Counter(label for r in renders for label in r.labels.tolist())
+    total = sum(counts.values())
+    assert set(counts) == set(range(len(NAMES)))
+    assert all(0.18 < counts[c] / total < 0.32 for c in counts), counts
+    background = sum(len(r.labels) == 0 for r in renders) / len(renders)
+    assert abs(background - BACKGROUND_FRACTION) < 0.05, background
+    sides = np.concatenate([np.maximum(r.boxes[:, 2] - r.boxes[:, 0], r.boxes[:, 3] - r.boxes[:, 1])
+                            for r in renders]) / 128
+    assert sides.min() >= 0.05 and sides.max() <= 0.6
+    assert sides.min() < 0.12 and sides.max() > 0.35  # the whole 8..40% range is used
+    overlapping = sum(_any_overlap(r.boxes) for r in renders)
+    assert overlapping > 10  # some objects overlap
+
+
+def _any_overlap(boxes: np.ndarray) -> bool:
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            a, b = boxes[i], boxes[j]
+            if min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1]):
+                return True
+    return False
+
+
+def test_boxes_tightly_bound_the_drawn_shapes():
+    single = 0
+    for r in _renders(120):
+        changed = (r.image != r.background).any(axis=2)
+        for x1, y1, x2, y2 in r.boxes.astype(int):
+            # the shape reaches each of the four sides of its box
+            assert changed[y1:y2, x1].any() and changed[y1:y2, x2 - 1].any()
+            assert changed[y1, x1:x2].any() and changed[y2 - 1, x1:x2].any()
+        if len(r.boxes) == 1:  # nothing else drawn: every changed pixel lies inside the box
+            single += 1
+            x1, y1, x2, y2 = r.boxes[0].astype(int)
+            outside = changed.copy()
+            outside[y1:y2, x1:x2] = False
+            assert not outside.any()
+        if len(r.boxes) == 0:
+            assert not changed.any()
+    assert single >= 5
