@@ -53,18 +53,29 @@ def build_official(root: Path, size: str) -> torch.nn.Module:
 
 @torch.no_grad()
 def randomise(model: torch.nn.Module, seed: int) -> None:
+    """Perturb every weight, then set the BatchNorm statistics from a few random batches, so
+    activations stay in a realistic range (random statistics make many queries tie exactly,
+    and the order of tied queries is arbitrary in any implementation)."""
     g = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
         if name.endswith(("up", "reg_scale")):
             continue  # FDR constants
         p.add_(torch.randn(p.shape, generator=g) * 0.02)
     for name, b in model.named_buffers():
-        if name.endswith("running_mean"):
-            b.copy_(torch.randn(b.shape, generator=g) * 0.1)
-        elif name.endswith("running_var"):
-            b.copy_(torch.rand(b.shape, generator=g) + 0.5)
-        elif name.endswith(("weight", "bias")):  # FrozenBatchNorm2d affine
+        if name.endswith(("weight", "bias")):  # FrozenBatchNorm2d affine
             b.add_(torch.randn(b.shape, generator=g) * 0.02)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    denoising = model.decoder.num_denoising
+    model.decoder.num_denoising = 0
+    for _ in range(2):
+        model(torch.rand(2, 3, 640, 640, generator=g))
+    model.decoder.num_denoising = denoising
+    for m in norms:
+        m.momentum = 0.1
 
 
 def flatten_outputs(out, prefix: str = "") -> dict[str, torch.Tensor]:

@@ -67,6 +67,8 @@ class TrainConfig(BaseModel):
     sgdr_cycle: float = Field(10, gt=0, description="first SGDR cycle length in epochs")
     sgdr_mult: float = Field(1.0, ge=1)
     sgdr_decay: float = Field(1.0, gt=0, le=1)
+    warmup_every_cycle: bool = Field(False, description="sgdr: repeat the warm-up at every restart")
+    step_per_epoch: bool | None = Field(None, description="step the lr once per epoch (default: per iteration; cooldet: per epoch)")
     lr_scale: Literal["none", "linear", "sqrt"] = "none"
     nominal_batch: int = Field(64, ge=1)
     lars_trust_coef: float = Field(0.001, gt=0)

@@ -103,15 +103,16 @@ def test_atss_large_object_goes_to_stride_32_and_background_has_none():
 def test_forward_backward_shapes_and_gradients():
     torch.manual_seed(0)
     model = build_model("fcos-n", num_classes=2)
-    images = torch.rand(2, 3, 96, 128)
+    images = torch.rand(3, 3, 96, 128)
     model.eval()
     with torch.no_grad():
         out = model(images)
-    assert [tuple(c.shape) for c in out["cls"]] == [(2, 12 * 16, 2), (2, 6 * 8, 2), (2, 3 * 4, 2)]
-    assert [tuple(r.shape) for r in out["ltrb"]] == [(2, 192, 4), (2, 48, 4), (2, 12, 4)]
+    assert [tuple(c.shape) for c in out["cls"]] == [(3, 12 * 16, 2), (3, 6 * 8, 2), (3, 3 * 4, 2)]
+    assert [tuple(r.shape) for r in out["ltrb"]] == [(3, 192, 4), (3, 48, 4), (3, 12, 4)]
     assert bool(torch.cat(out["ltrb"], 1).gt(0).all())
     model.train()
-    losses = model(images, [_targets([[10, 10, 60, 50], [70, 20, 120, 90]], [0, 1]), _targets([[30, 30, 50, 60]], [1])])
+    targets = [_targets([[10, 10, 60, 50], [70, 20, 120, 90]], [0, 1]), _background(), _targets([[30, 30, 50, 60]], [1])]
+    losses = model(images, targets)
     assert set(losses) == {"loss_cls", "loss_box", "loss_ctr"}
     total = sum(losses.values())
     assert torch.isfinite(total) and total.item() > 0
@@ -213,6 +214,7 @@ def test_deploy_fuses_batchnorm_and_keeps_outputs():
             assert (a - b).abs().max().item() < 1e-4 * max(1.0, a.abs().max().item())
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
 def test_onnx_export_matches_onnxruntime_at_two_sizes():
     pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

@@ -308,3 +308,20 @@ def test_detect_layout_picks_each_layout(tmp_path):
         for rel, text in files.items():
             _text(tmp_path / layout / rel, text)
         assert detect_layout(tmp_path / layout)[0] == layout
+
+
+def test_data_yaml_foreign_absolute_path_falls_back_to_its_folder(tmp_path):
+    _image(tmp_path / "images/train/a.jpg")
+    _text(tmp_path / "labels/train/a.txt", "0 0.5 0.5 0.5 0.5\n")
+    _text(tmp_path / "data.yaml", "path: /content/datasets/someone-elses\ntrain: images/train\nnames: [x]\n")
+    data = load_dataset(tmp_path / "data.yaml")
+    assert data.root == tmp_path and len(data.splits["train"]) == 1
+    assert _kinds(data) == ["path_not_found"] and "someone-elses" in data.problems[0].message
+
+
+def test_yolo_val_and_valid_folders_are_merged(tmp_path):
+    for split, name in (("train", "a"), ("val", "b"), ("valid", "c")):
+        _image(tmp_path / f"images/{split}/{name}.jpg")
+        _text(tmp_path / f"labels/{split}/{name}.txt", "0 0.5 0.5 0.5 0.5\n")
+    data = load_dataset(tmp_path)
+    assert sorted(s.image_path.name for s in data.splits["val"]) == ["b.jpg", "c.jpg"]

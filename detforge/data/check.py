@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from detforge.data.formats.common import EDGE_TOLERANCE_PX
-from detforge.records import DetectionData, Problem, Sample
+from detforge.records import DetectionData, Sample
 
 # Problem kinds that cost a box, for problems that do not say so themselves
 _DROPPING_KINDS = {"degenerate_box", "nonfinite_box", "bad_class", "malformed_line", "dangling_annotation"}

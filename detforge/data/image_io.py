@@ -80,9 +80,22 @@ def _to_rgb8(p: Path, img: np.ndarray) -> np.ndarray:
 def _orientation(source) -> int:
     try:
         with Image.open(source) as im:
-            return int(im.getexif().get(_EXIF_ORIENTATION, 1))
+            return _exif_orientation(im)
     except Exception:  # no or broken EXIF: the stored orientation is the displayed one
         return 1
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    if im.format == "PNG":
+        # Pillow's PNG getexif() decodes the whole image to look past the pixel data; an eXIf
+        # chunk belongs before it, where the header read has already found it
+        raw = im.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(_EXIF_ORIENTATION, 1))
+    return int(im.getexif().get(_EXIF_ORIENTATION, 1))
 
 
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
@@ -143,7 +156,7 @@ def _header(p: Path) -> tuple[tuple[int, int], str]:
     try:
         with Image.open(p) as im:
             w, h = im.size
-            orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+            orientation = _exif_orientation(im)
             fmt = im.format or ""
     except FileNotFoundError:
         raise ImageReadError(p, "file not found") from None

@@ -107,7 +107,8 @@ def _generate(out: Path, spec: dict) -> None:
             stem = f"{split}_{i:05d}"
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, 92])
-            assert ok, "OpenCV could not encode a JPEG"
+            if not ok:
+                raise RuntimeError(f"OpenCV could not encode {stem}.jpg")
             image_rel = f"images/{split}/{stem}.jpg"
             label_rel = f"labels/{split}/{stem}.txt"
             (out / image_rel).write_bytes(jpg.tobytes())

@@ -86,22 +86,35 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def gather_to_main(obj: Any, dst: int = 0) -> list[Any] | None:
+    """Every rank's ``obj`` as a list on rank ``dst`` (None elsewhere); one rank: ``[obj]``."""
+    if not is_initialized():
+        return [obj]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
+
+
 def reduce_loss_dict(losses: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Mean of each loss over ranks, for logging. Every rank must hold the same keys, or the
-    collective would hang (a rank with no boxes can drop a term): check that first."""
+    """Mean of each loss term over the ranks that computed it, for logging.
+
+    The key sets are compared first (one small all_gather): a rank whose batch had no boxes
+    can drop a term, and reducing tensors of different lengths would hang or mix up terms.
+    Each term is then averaged over the ranks that hold it."""
     items = {k: float(v.detach()) for k, v in losses.items()}
     if not is_initialized():
         return items
     keys = sorted(items)
     all_keys = all_gather_object(keys)
     if any(k != keys for k in all_keys):
-        union = sorted(set().union(*all_keys))
-        keys = union
+        keys = sorted(set().union(*all_keys))
+        LOG.debug("reduce_loss_dict: ranks report different loss terms %s", all_keys)
     device = next(iter(losses.values())).device if losses else torch.device("cpu")
-    t = torch.tensor([items.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
+    values = [items.get(k, 0.0) for k in keys] + [1.0 if k in items else 0.0 for k in keys]
+    t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    sums, counts = t[: len(keys)], t[len(keys):]
+    return dict(zip(keys, (sums / counts.clamp(min=1)).tolist()))
 
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:

@@ -26,6 +26,7 @@ from detforge.data.dataset import DetectionDataset
 from detforge.data.formats import load_dataset
 from detforge.data.loader import build_dataloader, loader_set_epoch, multi_scale_size, resize_batch
 from detforge.engine import distributed as dist_utils
+from detforge.engine import parallel
 from detforge.engine.checkpoint import (
     FORMAT,
     load_checkpoint,
@@ -37,6 +38,7 @@ from detforge.engine.checkpoint import (
 from detforge.engine.ema import ModelEMA
 from detforge.engine.optim import apply_recipe, build_optimizer
 from detforge.engine.schedule import LRSchedule
+from detforge.engine.sharding import build_eval_loader
 from detforge.engine.validator import evaluate
 from detforge.eval.evaluator import fitness as fitness_of
 from detforge.models.zoo import build_model
@@ -75,7 +77,7 @@ class Trainer:
                 keep["epochs"] = cfg.epochs  # allow extending a finished run
             cfg = TrainConfig(**{**self.resume_ckpt["config"], **keep})
         if cfg.recipe == "cooldet":
-            cfg = apply_recipe(cfg)
+            cfg = apply_recipe(cfg, keep=frozenset(cfg.model_fields_set - {"recipe"}))
         self.cfg = cfg
         self.dist = dist_utils.env_info()
         setup_logging(cfg.verbose, self.dist.rank)
@@ -142,18 +144,21 @@ class Trainer:
             self.train_set, per_rank, train=True, workers=cfg.workers, seed=cfg.seed,
             distributed=self.dist.enabled, rank=self.dist.rank, world_size=self.dist.world_size,
         )
-        self.val_loader = build_dataloader(
-            self.val_set, per_rank * 2, train=False, workers=cfg.workers, seed=cfg.seed,
-            distributed=self.dist.enabled, rank=self.dist.rank, world_size=self.dist.world_size,
+        # distributed: each rank predicts its own unpadded shard (no duplicated images)
+        self.val_loader = build_eval_loader(
+            self.val_set, per_rank * 2, cfg.workers, rank=self.dist.rank, world_size=self.dist.world_size,
         )
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.accumulate))
 
         self.optimizer, opt_info = build_optimizer(
             self.model, cfg, dataset_size=len(self.train_set), iters_per_epoch=self.iters_per_epoch,
-            world_size=self.dist.world_size, recipe=recipe,
+            world_size=self.dist.world_size, recipe=recipe, batch_size=per_rank,
         )
         LOG.info("optimizer: %s", opt_info.get("summary", opt_info))
-        self.schedule = LRSchedule(cfg, self.iters_per_epoch, cfg.epochs)
+        self.schedule = LRSchedule(
+            cfg, self.iters_per_epoch, cfg.epochs, step_per_epoch=cfg.step_per_epoch,
+            warmup_every_cycle=cfg.warmup_every_cycle,
+        )
         self.ema = ModelEMA(self.model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
         self.amp_dtype = None
         if cfg.amp and self.device.type == "cuda":
@@ -162,14 +167,16 @@ class Trainer:
         self.train_model = self._wrap_distributed(self.model)
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
+        self.tb = self._tensorboard() if self.is_main else None
         self.trust_logger = None
-        if cfg.trust_ratio_every and cfg.optimizer in ("lars", "lamb") and self.is_main:
+        if cfg.trust_ratio_every and cfg.optimizer in ("lars", "lamb"):
             from detforge.engine.trust_ratio import TrustRatioLogger
 
+            # every rank computes (FSDP shards the norms), rank 0 writes
             self.trust_logger = TrustRatioLogger(
-                self.model, self.optimizer, cfg.trust_ratio_every, self.save_dir / "trust_ratio.csv"
+                self.model, self.optimizer, cfg.trust_ratio_every, self.save_dir / "trust_ratio.csv",
+                tb_writer=self.tb, write=self.is_main,
             )
-        self.tb = self._tensorboard() if self.is_main else None
         if self.is_main:
             (self.save_dir / "config.yaml").write_text(config_to_yaml(cfg))
             LOG.info(
@@ -205,11 +212,34 @@ class Trainer:
         return auto_batch(self.model, self.cfg, self.device, fraction=fraction)
 
     def _wrap_distributed(self, model: torch.nn.Module) -> torch.nn.Module:
+        # distributed: ddp / zero1 / fsdp wrapping; the optimizer becomes ZeRO's or is rebuilt
+        # over FSDP's sharded parameters. FSDP modules cannot evaluate uneven shards (their
+        # forward runs collectives), so without EMA a plain copy evaluates the gathered weights.
+        self.eval_copy = None
         if not self.dist.enabled:
             return model
-        from detforge.engine.parallel import wrap_model
+        if self.cfg.parallel == "fsdp" and not self.ema:
+            self.eval_copy = parallel.plain_copy(model)
+        wrapped, self.optimizer = parallel.wrap(model, self.optimizer, self.cfg, self.device)
+        return wrapped
 
-        return wrap_model(model, self.cfg, self.device)
+    def _plain_model(self) -> torch.nn.Module:
+        """The model to evaluate: itself, or under FSDP a plain copy of its gathered weights."""
+        if self.eval_copy is None:
+            return self.model
+        self.eval_copy.load_state_dict(parallel.model_state_dict(self.model, all_ranks=True))
+        return self.eval_copy
+
+    def _gather_state(self, epoch_dir: Path) -> dict[str, Any]:
+        """Model and optimizer state for checkpoints; every rank calls it (ZeRO consolidates on
+        rank 0; FSDP gathers the weights on rank 0 and writes its sharded state to ``epoch_dir``)."""
+        state = {
+            "model": parallel.model_state_dict(self.train_model, all_ranks=False),
+            "optimizer": parallel.optimizer_state_dict(self.train_model, self.optimizer),
+        }
+        if parallel.is_fsdp(self.train_model):
+            parallel.save_sharded(self.train_model, self.optimizer, epoch_dir)
+        return state
 
     def _tensorboard(self):
         if "tensorboard" not in self.cfg.logger:
@@ -222,16 +252,16 @@ class Trainer:
         return SummaryWriter(str(self.save_dir))
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self, epoch: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "model_name": getattr(self.model, "model_name", self.cfg.model),
             "num_classes": len(self.names),
             "names": self.names,
-            "model": self.model.state_dict(),
+            "model": state["model"],
             "ema": self.ema.module.state_dict() if self.ema else None,
             "ema_updates": self.ema.updates if self.ema else 0,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": state["optimizer"],  # None under fsdp: see last_dcp/
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "epoch": epoch,
@@ -249,11 +279,14 @@ class Trainer:
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
+        parallel.load_model_state_dict(self.model, ckpt["model"])
         if self.ema and ckpt.get("ema") is not None:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.updates = int(ckpt.get("ema_updates", 0))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["optimizer"] is None:  # parallel=fsdp: sharded state beside last.pt
+            parallel.load_sharded(self.model, self.optimizer, self.resume_from.with_name(self.resume_from.stem + "_dcp"))
+        else:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.schedule.load_state_dict(ckpt["schedule"])
         self.start_epoch = int(ckpt["epoch"]) + 1
@@ -280,7 +313,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema:
-            self.ema.update(self.model)
+            self.ema.update(parallel.ema_source(self.model))
         self.iteration += 1
         self.schedule.step(self.optimizer, self.iteration)
 
@@ -318,12 +351,7 @@ class Trainer:
                 size = multi_scale_size(cfg.imgsz, cfg.multi_scale, getattr(self.model, "stride", 32), rng)
                 x, tgts = resize_batch(x, tgts, size)
             last_micro = (micro + 1) % cfg.accumulate == 0 or i == n_batches - 1
-            sync_ctx = (
-                self.train_model.no_sync()
-                if (self.dist.enabled and not last_micro and hasattr(self.train_model, "no_sync"))
-                else nullcontext()
-            )
-            with sync_ctx:
+            with parallel.gradient_sync(self.train_model, enabled=last_micro):
                 with autocast:
                     loss_dict = self.train_model(x, tgts)
                 loss = sum(loss_dict.values())
@@ -366,7 +394,7 @@ class Trainer:
         return {k: v / count for k, v in sums.items()}
 
     def validate(self) -> tuple[dict[str, Any], Any]:
-        model = self.ema.module if self.ema else self.model
+        model = self.ema.module if self.ema else self._plain_model()
         metrics, evaluator, _ = evaluate(
             model, self.val_loader, self.names, self.cfg.conf, self.cfg.iou_thr, self.device,
             self.amp_dtype, self.cfg.max_det, show=self.is_main and self.cfg.verbose,
@@ -419,9 +447,10 @@ class Trainer:
                 improved = bool(metrics) and metrics["fitness"] > self.best_fitness
                 if improved:
                     self.best_fitness, self.best_epoch = metrics["fitness"], epoch
+                state = self._gather_state(self.weights_dir / "last_dcp")  # collective: every rank
                 if self.is_main:
                     self._log_epoch(epoch, losses, metrics, time.time() - t0)
-                    payload = self._payload(epoch, metrics)
+                    payload = self._payload(epoch, metrics, state)
                     save_checkpoint(payload, self.weights_dir / "last.pt")
                     if improved:
                         save_checkpoint(payload, self.weights_dir / "best.pt")
@@ -450,7 +479,7 @@ class Trainer:
         if best.is_file():
             ckpt = load_checkpoint(best)
             target = self.ema.module if self.ema else self.model
-            target.load_state_dict(ckpt["ema"] if self.ema and ckpt.get("ema") is not None else ckpt["model"])
+            parallel.load_model_state_dict(target, ckpt["ema"] if self.ema and ckpt.get("ema") is not None else ckpt["model"])
         metrics, evaluator = self.validate() if best.is_file() else (last_metrics, None)
         metrics["epoch"] = self.best_epoch + 1
         if self.is_main:
@@ -474,6 +503,10 @@ class Trainer:
 
         try:
             plots.plot_results(self.save_dir / "metrics.csv", self.plots_dir / "results.png")
+            if (self.save_dir / "trust_ratio.csv").is_file():
+                from detforge.engine.trust_ratio import plot_trust_ratios
+
+                plot_trust_ratios(self.save_dir / "trust_ratio.csv", self.plots_dir / "trust_ratio.png")
             plots.plot_labels(self.train_set.samples, self.names, self.plots_dir / "labels.png")
             if evaluator is not None:
                 evaluator.save_plots(self.plots_dir)

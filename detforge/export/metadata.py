@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 NORMALISATION = "0..1 RGB"  # input = RGB / 255, the model applies its own mean/std inside
+FIXED = {"task": "detect", "framework": "detforge"}
 
 
 @dataclass
@@ -34,9 +35,7 @@ class ExportMetadata:
         values = asdict(self)
         extra = values.pop("extra")
         out = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in values.items()}
-        out["task"] = "detect"
-        out["framework"] = "detforge"
-        return {**extra, **out}
+        return {**extra, **out, **FIXED}
 
     @classmethod
     def from_strings(cls, raw: dict[str, str], source: str | Path = "") -> "ExportMetadata":
@@ -53,7 +52,7 @@ class ExportMetadata:
             numbers = {k: json.loads(raw[k]) for k in ("conf", "stride", "max_det", "dynamic", "half") if k in raw}
         except (ValueError, TypeError, IndexError) as e:
             raise ValueError(f"{source}: damaged detforge metadata ({e})") from None
-        extra = {k: v for k, v in raw.items() if k not in cls.__dataclass_fields__}
+        extra = {k: v for k, v in raw.items() if k not in cls.__dataclass_fields__ and k not in FIXED}
         return cls(names=[str(n) for n in names], imgsz=imgsz, extra=extra, **known, **numbers)
 
 

@@ -113,7 +113,7 @@ def _categories(loaded: list[tuple[Path, dict]]) -> tuple[list[str], dict[int, i
 def _read_split(root: Path, json_path: Path, doc: dict, cat_to_label: dict[int, int],
                 log: ProblemLog) -> list[Sample]:
     image_dirs = _image_dirs(root, json_path)
-    records = {img["id"]: img for img in doc["images"]}
+    records = {img.get("id"): img for img in doc["images"] if isinstance(img, dict)}
     anns: dict[object, list[dict]] = {}
     for a in doc.get("annotations") or []:
         if a.get("image_id") not in records:
@@ -123,14 +123,14 @@ def _read_split(root: Path, json_path: Path, doc: dict, cat_to_label: dict[int, 
             continue
         anns.setdefault(a["image_id"], []).append(a)
     samples = []
-    for img in doc["images"]:
+    for img in records.values():
         path = _find_image(image_dirs, str(img.get("file_name", "")))
         size = probe(path, log)
         if size is None:
             continue
         _check_size(json_path, img, size, log)
         boxes, labels, where = [], [], []
-        for a in anns.get(img["id"], []):
+        for a in anns.get(img.get("id"), []):
             at = f"{path.name} annotation id {a.get('id')}"
             if a.get("iscrowd"):
                 log.add(json_path, "crowd_ignored", f"{at} is a crowd region (iscrowd=1); not used as a box")

@@ -64,35 +64,38 @@ def clean_boxes(raw: np.ndarray, labels: np.ndarray, width: int, height: int, nu
                 source: Path, log: ProblemLog, where: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Drop or clip bad boxes (absolute xyxy) and log one problem per affected box.
 
-    ``where`` names each box in messages (e.g. "line 3"). Order of tests: non-finite, class
-    out of range, degenerate (x2<=x1 or y2<=y1), then clipping to the image.
+    ``where`` names each box in messages (e.g. "line 3"). Each box gets the first that applies
+    of: non-finite, class out of range, degenerate (x2<=x1 or y2<=y1), outside the image.
+    Vectorised; only the rare bad boxes go through the Python loop that writes messages.
     """
-    keep_boxes, keep_labels = [], []
-    for box, label, at in zip(raw.astype(np.float64), labels, where):
-        desc = f"{at}: box {_fmt_box(box)}"
-        if not np.isfinite(box).all():
+    boxes = np.asarray(raw, np.float64).reshape(-1, 4)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    limits = np.array([width, height, width, height], np.float64)
+    with np.errstate(invalid="ignore"):
+        finite = np.isfinite(boxes).all(1)
+        known = (labels >= 0) & (labels < num_classes)
+        positive = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        clipped = np.clip(boxes, 0, limits)
+        reach = np.abs(clipped - boxes).max(1)
+        left = np.minimum(clipped[:, 2] - clipped[:, 0], clipped[:, 3] - clipped[:, 1])
+    far = finite & known & positive & (reach > EDGE_TOLERANCE_PX)
+    keep = finite & known & positive & ~(far & (left < 1e-6))
+    for i in np.flatnonzero(~keep | far):
+        desc = f"{where[i]}: box {_fmt_box(boxes[i])}"
+        if not finite[i]:
             log.add(source, "nonfinite_box", f"{desc} has NaN/inf coordinates; dropped", drops_box=True)
-            continue
-        if not 0 <= label < num_classes:
-            log.add(source, "bad_class", f"{at}: class id {label} outside 0..{num_classes - 1}; dropped",
+        elif not known[i]:
+            log.add(source, "bad_class", f"{where[i]}: class id {labels[i]} outside 0..{num_classes - 1}; dropped",
                     drops_box=True)
-            continue
-        if box[2] <= box[0] or box[3] <= box[1]:
+        elif not positive[i]:
             log.add(source, "degenerate_box", f"{desc} has zero or negative size; dropped", drops_box=True)
-            continue
-        clipped = np.clip(box, 0, [width, height, width, height])
-        outside = np.abs(clipped - box).max()
-        if outside > EDGE_TOLERANCE_PX:
-            if clipped[2] - clipped[0] < 1e-6 or clipped[3] - clipped[1] < 1e-6:
-                log.add(source, "out_of_range_box",
-                        f"{desc} lies outside the {width}x{height} image; dropped", drops_box=True)
-                continue
+        elif not keep[i]:
+            log.add(source, "out_of_range_box", f"{desc} lies outside the {width}x{height} image; dropped",
+                    drops_box=True)
+        else:
             log.add(source, "out_of_range_box",
-                    f"{desc} reaches {outside:.1f} px outside the {width}x{height} image; clipped")
-        keep_boxes.append(clipped)
-        keep_labels.append(label)
-    boxes = np.asarray(keep_boxes, np.float32).reshape(-1, 4)
-    return boxes, np.asarray(keep_labels, np.int64)
+                    f"{desc} reaches {reach[i]:.1f} px outside the {width}x{height} image; clipped")
+    return clipped[keep].astype(np.float32), labels[keep]
 
 
 def _fmt_box(box: np.ndarray) -> str:
@@ -112,7 +115,7 @@ def split_name(text: str) -> str | None:
 def auto_split(items: list, key, fraction_val: float = 0.2) -> dict[str, list]:
     """Deterministic train/val split: items ranked by a hash of ``key(item)``, the last 20% is val.
 
-    Ranking by hash rather than by position avoids putting, say, the last recorded session
+    Ranking by hash rather than by position avoids putting, say, the images recorded last
     wholly into val; the input order is kept inside each split.
     """
     def rank(i: int) -> bytes:

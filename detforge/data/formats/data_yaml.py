@@ -1,6 +1,7 @@
 """Ultralytics ``data.yaml``: keys path / train / val / test / names, labels in YOLO txt.
 
-``path`` is relative to the yaml's folder (default: that folder). Each of train/val/test is
+``path`` is relative to the yaml's folder (default, and the fallback when ``path`` does not
+exist on this machine: that folder). Each of train/val/test is
 a folder of images, a .txt list of image paths, a single image, or a list of these; all
 relative to ``path``. Like Ultralytics, a value ``../x`` that does not exist is retried as
 ``x`` (Roboflow exports write ``train: ../train/images`` next to the train folder).
@@ -28,8 +29,8 @@ def read_data_yaml(path: Path) -> DetectionData:
     names = names_from_yaml(path, spec.get("names"))
     if spec.get("nc") is not None and int(spec["nc"]) != len(names):
         raise DatasetError(f"{path}: nc={spec['nc']} but {len(names)} names are given")
-    root = _dataset_root(path, spec.get("path"))
     log = ProblemLog()
+    root = _dataset_root(path, spec.get("path"), log)
     images: dict[str, list[Path]] = {}
     label_dirs: set[Path] = set()
     for split in SPLITS:
@@ -70,14 +71,16 @@ def is_data_yaml(path: Path) -> bool:
     return any(spec.get(split) for split in SPLITS)
 
 
-def _dataset_root(yaml_path: Path, value) -> Path:
+def _dataset_root(yaml_path: Path, value, log: ProblemLog) -> Path:
     base = yaml_path.parent
     if value in (None, ""):
         return base
     root = Path(str(value)).expanduser()
     root = root if root.is_absolute() else base / root
     if not root.is_dir():
-        raise DatasetError(f"{yaml_path}: path '{value}' is not a folder ({root})")
+        # shared data.yaml files often carry the author's own absolute path
+        log.add(yaml_path, "path_not_found", f"path '{value}' is not a folder here; using the yaml's folder {base}")
+        return base
     return root
 
 

@@ -111,7 +111,8 @@ def read_image_splits(images: dict[str, list[Path]], names: list[str] | None, ro
                 continue
             raw[split].append(RawLabels(image, label, size, *parse_label_file(label, size, log)))
     log.split = None
-    dirs = label_dirs if label_dirs is not None else {lab.parent for lab in claimed}
+    # orphans are looked for in the given label folders and in labels/ folders the images point to
+    dirs = (label_dirs or set()) | {lab.parent for lab in claimed if "labels" in lab.parent.parts}
     _report_orphans(dirs, claimed, log)
     if names is None:  # with no usable image at all, that is the error to report (by the caller)
         names = _invent_names(raw, root, log) if any(raw.values()) else []
@@ -152,20 +153,23 @@ def _report_orphans(label_dirs: set[Path], claimed: set[Path], log: ProblemLog) 
                 log.add(txt, "orphan_label", "label file has no image with the same name; its boxes are not used")
 
 
-def find_yolo_splits(root: Path, log: ProblemLog) -> dict[str, Path] | None:
-    """Split name -> image folder for the nested or flat layout; None when neither is there."""
+def find_yolo_splits(root: Path, log: ProblemLog) -> dict[str, list[Path]] | None:
+    """Split name -> image folders for the nested or flat layout ("" when there are no split
+    folders); None when neither layout is there. "val" and "valid" folders both count as val."""
     images = root / "images"
+    found: dict[str, list[Path]] = {}
     if images.is_dir() and (root / "labels").is_dir():
-        found = {split_name(d.name): d for d in sorted(images.iterdir()) if d.is_dir() and split_name(d.name)}
-        if found:
-            for loose in sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p)):
-                log.add(loose, "unlisted_image", f"image lies in {images} outside the split folders; not used")
-            return found
-        return {"": images}
-    found = {}
+        for d in sorted(images.iterdir()):
+            if d.is_dir() and split_name(d.name):
+                found.setdefault(split_name(d.name), []).append(d)
+        if not found:
+            return {"": [images]}
+        for loose in sorted(p for p in images.iterdir() if p.is_file() and is_image_file(p)):
+            log.add(loose, "unlisted_image", f"image lies in {images} outside the split folders; not used")
+        return found
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         if d.is_dir() and split_name(d.name) and (d / "images").is_dir():
-            found[split_name(d.name)] = d / "images"
+            found.setdefault(split_name(d.name), []).append(d / "images")
     return found or None
 
 
@@ -175,19 +179,18 @@ def read_yolo(root: Path) -> DetectionData:
     if folders is None:
         raise DatasetError(f"{root}: no images/ + labels/ folders (YOLO layout)")
     if "" in folders:  # no split folders: one pool split deterministically
-        pool = list_images(folders[""])
+        pool = list_images(folders[""][0])
         images = auto_split(pool, key=lambda p: p.relative_to(root))
-        log.add(folders[""], "auto_split",
+        log.add(folders[""][0], "auto_split",
                 f"no train/val folders: made a deterministic 80/20 split ({len(images['train'])} train, "
                 f"{len(images['val'])} val)")
-        label_dirs = {root / "labels"}
     else:
         images = {}
-        for split, folder in folders.items():
-            images.setdefault(split, []).extend(list_images(folder))
+        for split, dirs in folders.items():
+            images[split] = [p for d in dirs for p in list_images(d)]
             if not images[split]:
-                log.add(folder, "empty_split", f"split '{split}' has no images", split=split)
-        label_dirs = {label_path_for(folder / "x.jpg").parent for folder in folders.values()}
+                log.add(dirs[0], "empty_split", f"split '{split}' has no images", split=split)
+    label_dirs = {label_path_for(d / "x.jpg").parent for dirs in folders.values() for d in dirs}
     names, _ = find_names(root, (root / "labels",))
     names, splits = read_image_splits(images, names, root, log, label_dirs)
     return DetectionData(names, splits, root, "yolo", log.items)

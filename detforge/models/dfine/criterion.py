@@ -22,7 +22,10 @@ Two additions to the official recipe, both off by default:
   (then scaled by the match quality as usual). Unmatched queries keep a target of 0: smoothing
   them would push hundreds of background queries towards non-zero scores.
 
-Everything is computed in float32 with autocast disabled, so fp16/bf16 model outputs are safe.
+Everything is computed in float32 with autocast disabled, so fp16/bf16 model outputs are safe;
+empty images, empty batches, zero-size and inverted boxes give finite values. Unlike the reference,
+a NaN loss is not silently replaced by 0: it reaches the caller, whose job is to report it.
+Class-agnostic encoder proposals (enc_meta class_agnostic) are matched with class-0 targets.
 """
 
 from __future__ import annotations

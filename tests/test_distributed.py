@@ -1,0 +1,384 @@
+"""Data-parallel training and evaluation on 2 CPU processes (gloo).
+
+One spawn of two ranks runs every scenario (process start-up dominates the cost) and writes
+its results to files; the tests below check them against single-process references:
+- a tiny BatchNorm-free model: 1 process with batch 2B == DDP with B per rank, with and
+  without gradient accumulation, and DDP == ZeRO-1 == FSDP2; ZeRO-1 / FSDP2 checkpoint round trips;
+- reduce_loss_dict with different loss terms on the ranks, and a rank whose batch has no boxes;
+- the real Trainer (fcos-n, tiny synthetic set) under zero1 and fsdp, fsdp resumed from its
+  distributed checkpoint; distributed evaluation of its weights == single-process evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+STEPS, GLOBAL_BATCH, WORLD = 3, 8, 2
+EVAL_BATCH = 3  # with 7 val images: shards of 4 and 3 -> 2 batches on rank 0, 1 on rank 1
+
+
+# ---------------------------------------------------------------- tiny-model helpers
+def _tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+
+
+def _sgd(model: nn.Module) -> torch.optim.Optimizer:
+    # two groups as the real optimizer builds them: decayed weights, undecayed biases
+    named = list(model.named_parameters())
+    return torch.optim.SGD([
+        {"name": "decay", "params": [p for n, p in named if n.endswith("weight")], "weight_decay": 1e-2},
+        {"name": "no_decay", "params": [p for n, p in named if n.endswith("bias")], "weight_decay": 0.0},
+    ], lr=0.1, momentum=0.9)
+
+
+def _data(steps: int = STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(steps, GLOBAL_BATCH, 6, generator=g), torch.randn(steps, GLOBAL_BATCH, 3, generator=g)
+
+
+def _train(model, optimizer, X, Y, rank=0, world=1, accumulate=1):
+    from detforge.engine import parallel
+
+    for step in range(X.shape[0]):
+        xs, ys = X[step].chunk(world)[rank].chunk(accumulate), Y[step].chunk(world)[rank].chunk(accumulate)
+        for m, (x, y) in enumerate(zip(xs, ys)):
+            with parallel.gradient_sync(model, enabled=m == accumulate - 1):
+                (F.mse_loss(model(x), y) / accumulate).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+class _Cfg:
+    def __init__(self, parallel: str) -> None:
+        self.parallel, self.sync_bn = parallel, False
+
+
+def _state(model) -> dict[str, torch.Tensor]:
+    from detforge.engine import parallel
+
+    return {k: v.detach().clone() for k, v in parallel.model_state_dict(model, all_ranks=True).items()}
+
+
+def _wrapped(mode: str):
+    from detforge.engine import parallel
+
+    model = _tiny_model()
+    return parallel.wrap(model, _sgd(model), _Cfg(mode), torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- the two ranks
+def _tiny_scenarios(rank: int, out: dict, tmp: Path) -> None:
+    import torch.distributed as dist
+
+    from detforge.engine import parallel
+
+    X, Y = _data()
+    if rank == 0:  # single process, batch 2B: no collective in a plain module
+        ref = _tiny_model()
+        ref_opt = _sgd(ref)
+        _train(ref, ref_opt, X, Y)
+        out["reference"] = _state(ref)
+        out["reference_momentum"] = [ref_opt.state[p]["momentum_buffer"].clone() for g in ref_opt.param_groups for p in g["params"]]
+    for mode, acc in (("ddp", 1), ("ddp", 2), ("zero1", 1), ("fsdp", 1), ("fsdp", 2)):
+        model, opt = _wrapped(mode)
+        _train(model, opt, X, Y, rank, WORLD, acc)
+        out[f"{mode}_acc{acc}"] = _state(model)
+        out[f"{mode}_acc{acc}_optimizer"] = type(opt).__name__
+        if (mode, acc) == ("zero1", 1):
+            zero_model, zero_opt = model, opt
+        if (mode, acc) == ("fsdp", 1):
+            fsdp_model, fsdp_opt = model, opt
+
+    # ZeRO-1 round trip: consolidate on rank 0, write, every rank loads, one more step each
+    consolidated = parallel.optimizer_state_dict(zero_model, zero_opt)
+    path = tmp / "zero1_optimizer.pt"
+    if rank == 0:
+        torch.save({"model": _state(zero_model), "optimizer": consolidated}, path)
+        reloaded = torch.load(path, weights_only=True)
+        out["zero1_consolidated_momentum"] = [s["momentum_buffer"] for _, s in sorted(reloaded["optimizer"]["state"].items())]
+    out["zero1_rank_has_state"] = consolidated is not None
+    dist.barrier()
+    ckpt = torch.load(path, weights_only=True)
+    restored, restored_opt = _wrapped("zero1")
+    parallel.load_model_state_dict(restored, ckpt["model"])
+    restored_opt.load_state_dict(ckpt["optimizer"])
+    X2, Y2 = _data(4)
+    _train(zero_model, zero_opt, X2[3:], Y2[3:], rank, WORLD)
+    _train(restored, restored_opt, X2[3:], Y2[3:], rank, WORLD)
+    out["zero1_continued"], out["zero1_restored"] = _state(zero_model), _state(restored)
+
+    # FSDP2 round trip through torch.distributed.checkpoint
+    parallel.save_sharded(fsdp_model, fsdp_opt, tmp / "fsdp_dcp")
+    restored, restored_opt = _wrapped("fsdp")
+    parallel.load_sharded(restored, restored_opt, tmp / "fsdp_dcp")
+    out["fsdp_loaded"] = _state(restored)
+    _train(fsdp_model, fsdp_opt, X2[3:], Y2[3:], rank, WORLD)
+    _train(restored, restored_opt, X2[3:], Y2[3:], rank, WORLD)
+    out["fsdp_continued"], out["fsdp_restored"] = _state(fsdp_model), _state(restored)
+
+
+def _loss_scenarios(rank: int, out: dict, syn_root: Path) -> None:
+    from detforge.config import build_config
+    from detforge.engine import distributed as dist_utils
+    from detforge.engine import parallel
+    from detforge.models.zoo import build_model
+
+    # different loss terms on the two ranks: compared first, then averaged where present
+    terms = {"a": torch.tensor(1.0), "b": torch.tensor(2.0)} if rank == 0 else {"a": torch.tensor(3.0)}
+    out["reduced_mismatch"] = dist_utils.reduce_loss_dict(terms)
+    # a real detector where rank 1's images have no boxes: DDP steps and the reduction finish
+    cfg = build_config({"parallel": "ddp"})
+    torch.manual_seed(0)
+    model = build_model("fcos-n", 3)
+    model.train()
+    model, opt = parallel.wrap(model, torch.optim.SGD(model.parameters(), lr=0.01), cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(rank)
+    x = torch.rand(2, 3, 64, 64, generator=g)
+    boxes = torch.tensor([[8.0, 8.0, 40.0, 40.0]]) if rank == 0 else torch.zeros(0, 4)
+    labels = torch.tensor([1]) if rank == 0 else torch.zeros(0, dtype=torch.int64)
+    targets = [{"boxes": boxes, "labels": labels}, {"boxes": boxes.clone(), "labels": labels.clone()}]
+    for _ in range(2):
+        losses = model(x, targets)
+        sum(losses.values()).backward()
+        opt.step()
+        opt.zero_grad()
+    out["empty_rank_terms"] = {k: float(v) for k, v in losses.items()}
+    out["empty_rank_reduced"] = dist_utils.reduce_loss_dict(losses)
+    out["empty_rank_all_terms"] = dist_utils.all_gather_object(out["empty_rank_terms"])
+
+
+def _trainer_scenarios(rank: int, out: dict, syn_root: Path, tmp: Path) -> None:
+    from detforge.config import build_config
+    from detforge.data.dataset import DetectionDataset
+    from detforge.data.formats import load_dataset
+    from detforge.engine.checkpoint import load_checkpoint
+    from detforge.engine.sharding import build_eval_loader
+    from detforge.engine.trainer import Trainer
+    from detforge.engine.validator import evaluate
+    from detforge.models.zoo import build_model
+
+    base = dict(model="fcos-n", data=str(syn_root), imgsz=64, batch=4, workers=0, device="cpu",
+                project=str(tmp / "runs"), exist_ok=True, plots=False, amp=False, mosaic=0.0,
+                logger="none", verbose=False, warmup_epochs=0)
+    zero = Trainer(build_config({**base, "epochs": 1, "parallel": "zero1", "accumulate": 2, "name": "zero1"})).train()
+    out["zero1_trainer_dir"] = zero["save_dir"]
+    Trainer(build_config({**base, "epochs": 1, "parallel": "fsdp", "ema": False, "name": "fsdp"})).train()
+    last = tmp / "runs" / "fsdp" / "weights" / "last.pt"
+    out["fsdp_epoch1_model"] = load_checkpoint(last)["model"]
+    resumed = Trainer(build_config({**base, "epochs": 2, "resume": str(last), "parallel": "fsdp"})).train()
+    out["fsdp_resumed_dir"] = resumed["save_dir"]
+
+    # distributed evaluation of the zero1 run's weights over unpadded shards
+    ckpt = load_checkpoint(Path(zero["save_dir"]) / "weights" / "last.pt")
+    model = build_model("fcos-n", len(ckpt["names"]))
+    model.load_state_dict(ckpt["model"])
+    data = load_dataset(str(syn_root))
+    val_set = DetectionDataset(data.splits["val"], build_config({**base, "epochs": 1}), train=False)
+    loader = build_eval_loader(val_set, EVAL_BATCH, 0, rank=rank, world_size=WORLD)
+    out["eval_shard"] = [i for _, i in loader.sampler]
+    out["eval_batches"] = len(loader)
+    metrics, _, merged = evaluate(model, loader, data.names, 0.05, 0.5, torch.device("cpu"), show=False)
+    out["eval_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    out["eval_images"] = sorted(merged)
+
+
+def _worker(rank: int, port: int, tmp: str, syn_root: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    logging.getLogger("detforge").setLevel(logging.WARNING)
+    from detforge.engine import distributed as dist_utils
+
+    dist_utils.init_process_group(dist_utils.env_info(), use_cuda=False, timeout_s=120)
+    out: dict = {}
+    tmp_path = Path(tmp)
+    try:
+        _tiny_scenarios(rank, out, tmp_path)
+        _loss_scenarios(rank, out, Path(syn_root))
+        _trainer_scenarios(rank, out, Path(syn_root), tmp_path)
+    finally:
+        torch.save(out, tmp_path / f"rank{rank}.pt")
+        dist_utils.destroy()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def eval_root(tmp_path_factory) -> Path:
+    from detforge.data.synthetic import ensure_synthetic
+
+    return ensure_synthetic(tmp_path_factory.mktemp("dist_synthetic"), n_train=8, n_val=7, size=96)
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, eval_root) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    tmp = tmp_path_factory.mktemp("ddp")
+    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp), str(eval_root)), nprocs=WORLD,
+                             join=False, start_method="spawn")
+    deadline = time.time() + 240
+    while not ctx.join(timeout=5):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail("the 2-rank job did not finish in 240 s (a collective hung)")
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _assert_states_close(a: dict, b: dict, atol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
+
+
+# ---------------------------------------------------------------- equality of the modes
+@pytest.mark.parametrize("key", ["ddp_acc1", "ddp_acc2", "zero1_acc1", "fsdp_acc1", "fsdp_acc2"])
+def test_data_parallel_equals_single_process(ranks, key):
+    ref = ranks[0]["reference"]
+    for r in range(WORLD):
+        _assert_states_close(ranks[r][key], ref)
+    # three SGD steps with lr 0.1 move the weights well beyond the tolerance
+    assert (ranks[0][key]["0.weight"] - _tiny_model().state_dict()["0.weight"]).abs().max() > 1e-2
+
+
+def test_modes_use_their_optimizers(ranks):
+    assert ranks[0]["ddp_acc1_optimizer"] == "SGD"
+    assert ranks[0]["zero1_acc1_optimizer"] == "ZeroRedundancyOptimizer"
+    assert ranks[0]["fsdp_acc1_optimizer"] == "SGD"
+
+
+def test_zero1_checkpoint_round_trip(ranks):
+    # the consolidated ZeRO state equals the single-process optimizer's momentum buffers
+    got, want = ranks[0]["zero1_consolidated_momentum"], ranks[0]["reference_momentum"]
+    assert len(got) == len(want) == 4
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)
+    assert ranks[0]["zero1_rank_has_state"] and not ranks[1]["zero1_rank_has_state"]
+    _assert_states_close(ranks[0]["zero1_restored"], ranks[0]["zero1_continued"], atol=0)
+    assert not torch.equal(ranks[0]["zero1_continued"]["0.weight"], ranks[0]["zero1_acc1"]["0.weight"])
+
+
+def test_fsdp_checkpoint_round_trip(ranks):
+    _assert_states_close(ranks[0]["fsdp_loaded"], ranks[0]["fsdp_acc1"], atol=0)
+    _assert_states_close(ranks[0]["fsdp_restored"], ranks[0]["fsdp_continued"], atol=0)
+    _assert_states_close(ranks[0]["fsdp_continued"], ranks[0]["zero1_continued"])
+
+
+# ---------------------------------------------------------------- losses
+def test_reduce_loss_dict_with_different_terms(ranks):
+    for r in range(WORLD):
+        assert ranks[r]["reduced_mismatch"] == pytest.approx({"a": 2.0, "b": 2.0})
+
+
+def test_rank_without_boxes_does_not_hang(ranks):
+    per_rank = ranks[0]["empty_rank_all_terms"]
+    keys = set().union(*per_rank)
+    expected = {k: sum(t[k] for t in per_rank if k in t) / sum(k in t for t in per_rank) for k in keys}
+    for r in range(WORLD):
+        assert ranks[r]["empty_rank_reduced"] == pytest.approx(expected)
+
+
+# ---------------------------------------------------------------- the real trainer
+def test_trainer_zero1_writes_once(ranks):
+    from detforge.engine.checkpoint import load_checkpoint
+
+    run = Path(ranks[0]["zero1_trainer_dir"])
+    assert ranks[1]["zero1_trainer_dir"] == str(run)
+    ckpt = load_checkpoint(run / "weights" / "last.pt")  # weights_only: consolidated state is plain
+    assert ckpt["optimizer"]["param_groups"] and ckpt["optimizer"]["state"]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["fsdp", "zero1"]
+
+
+def test_trainer_fsdp_resumes_from_distributed_checkpoint(ranks):
+    from detforge.engine.checkpoint import load_checkpoint
+
+    run = Path(ranks[0]["fsdp_resumed_dir"])
+    assert run.name == "fsdp" and (run / "weights" / "last_dcp" / ".metadata").is_file()
+    ckpt = load_checkpoint(run / "weights" / "last.pt")
+    assert ckpt["optimizer"] is None and ckpt["epoch"] == 1 and len(ckpt["history"]) == 2
+    epoch1 = ranks[0]["fsdp_epoch1_model"]
+    assert epoch1.keys() == ckpt["model"].keys()
+    assert any(not torch.equal(epoch1[k], ckpt["model"][k]) for k in epoch1)
+
+
+# ---------------------------------------------------------------- evaluation
+def test_eval_shards_are_unpadded_and_uneven(ranks):
+    shards = [ranks[r]["eval_shard"] for r in range(WORLD)]
+    assert shards == [[0, 2, 4, 6], [1, 3, 5]]
+    assert [ranks[r]["eval_batches"] for r in range(WORLD)] == [2, 1]
+    assert ranks[0]["eval_images"] == ranks[1]["eval_images"] == list(range(7))
+
+
+def test_distributed_eval_equals_single_process(ranks, eval_root):
+    from detforge.config import build_config
+    from detforge.data.dataset import DetectionDataset
+    from detforge.data.formats import load_dataset
+    from detforge.engine.checkpoint import load_checkpoint
+    from detforge.engine.sharding import build_eval_loader
+    from detforge.engine.validator import evaluate
+    from detforge.models.zoo import build_model
+
+    ckpt = load_checkpoint(Path(ranks[0]["zero1_trainer_dir"]) / "weights" / "last.pt")
+    model = build_model("fcos-n", len(ckpt["names"]))
+    model.load_state_dict(ckpt["model"])
+    data = load_dataset(str(eval_root))
+    cfg = build_config({"imgsz": 64, "mosaic": 0.0})
+    loader = build_eval_loader(DetectionDataset(data.splits["val"], cfg, train=False), EVAL_BATCH, 0)
+    single, _, _ = evaluate(model, loader, data.names, 0.05, 0.5, torch.device("cpu"), show=False)
+    single = {k: v for k, v in single.items() if isinstance(v, (int, float))}
+    assert single["map50_95"] > 0  # the comparison is not between two empty results
+    for r in range(WORLD):
+        assert ranks[r]["eval_metrics"] == single  # exactly, not approximately
+
+
+# ---------------------------------------------------------------- no process group needed
+def test_sync_bn_on_cpu_warns_and_keeps_batchnorm(caplog):
+    from detforge.engine.parallel import convert_sync_bn
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm1d(2)))
+    with caplog.at_level(logging.WARNING, logger="detforge"):
+        out = convert_sync_bn(model, torch.device("cpu"), enabled=True)
+    assert out is model and isinstance(model[1], nn.BatchNorm2d)
+    assert "SyncBatchNorm cannot train on CPU" in caplog.text
+
+
+def test_sync_bn_conversion_of_the_module_tree():
+    from detforge.engine.parallel import convert_sync_bn
+    from detforge.models.zoo import build_model
+
+    model = build_model("fcos-n", 3)
+    bns = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    params = {n: p for n, p in model.named_parameters()}
+    out = convert_sync_bn(model, torch.device("cuda", 0), enabled=True)  # conversion itself needs no GPU
+    converted = {n for n, m in out.named_modules() if isinstance(m, nn.SyncBatchNorm)}
+    assert len(bns) > 10 and converted == set(bns)
+    assert not any(type(m) is nn.BatchNorm2d for m in out.modules())
+    # the same Parameter objects: an optimizer built before the conversion stays valid
+    assert all(p is params[n] for n, p in out.named_parameters())
+    assert convert_sync_bn(model, torch.device("cpu"), enabled=False) is model
+
+
+def test_shard_indices_partition_without_padding():
+    from detforge.engine.sharding import shard_indices
+
+    for n in (0, 1, 5, 8):
+        shards = [shard_indices(n, r, 3) for r in range(3)]
+        assert sorted(i for s in shards for i in s) == list(range(n))
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    with pytest.raises(ValueError, match="rank 3 is outside world_size 3"):
+        shard_indices(4, 3, 3)
