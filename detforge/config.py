@@ -94,6 +94,7 @@ class TrainConfig(BaseModel):
     # distributed
     parallel: Literal["ddp", "zero1", "fsdp"] = "ddp"
     sync_bn: bool = False
+    fsdp_reshard: bool = Field(True, description="fsdp: reshard parameters after forward; false = ZeRO-2-like")
 
     # augmentation
     mosaic: float = Field(1.0, ge=0, le=1)

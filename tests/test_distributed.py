@@ -382,3 +382,46 @@ def test_shard_indices_partition_without_padding():
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
     with pytest.raises(ValueError, match="rank 3 is outside world_size 3"):
         shard_indices(4, 3, 3)
+
+
+# ---------------------------------------------------------------- seed-stability bench
+def test_stability_summary_hand_computed():
+    from detforge.bench.stability import summarize
+
+    rows = [{"seed": i, "map50": v} for i, v in enumerate([1.0, 2.0, 3.0, 4.0])]
+    s = summarize(rows)
+    assert list(s) == ["map50"]
+    assert s["map50"]["mean"] == 2.5 and s["map50"]["min"] == 1.0 and s["map50"]["max"] == 4.0
+    assert s["map50"]["std"] == pytest.approx((5 / 3) ** 0.5)  # sample std: sum of squares 5 over n-1 = 3
+    assert summarize([{"seed": 0, "f1": 0.3}])["f1"]["std"] == 0.0
+
+
+def test_stability_bench_trains_each_seed(eval_root, tmp_path, capsys):
+    import csv
+    import json
+
+    import yaml
+
+    from detforge.bench.stability import run_stability
+    from detforge.config import ConfigError
+    from detforge.engine.checkpoint import load_checkpoint
+
+    with pytest.raises(ConfigError, match="'seeds'"):
+        run_stability({"seeds": 0})
+    args = dict(model="fcos-n", data=str(eval_root), imgsz=64, batch=4, workers=0, device="cpu", epochs=1,
+                project=str(tmp_path), name="stab", plots=False, amp=False, mosaic=0.0, logger="none",
+                verbose=False, warmup_epochs=0, conf=0.05)
+    assert run_stability({**args, "seeds": 2}) == 0
+    out = tmp_path / "stab"
+    per_seed = [json.loads((out / f"seed{s}" / "metrics.json").read_text()) for s in range(2)]
+    assert [yaml.safe_load((out / f"seed{s}" / "config.yaml").read_text())["seed"] for s in range(2)] == [0, 1]
+    w0, w1 = (load_checkpoint(out / f"seed{s}" / "weights" / "last.pt")["model"] for s in range(2))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0 if w0[k].is_floating_point())
+    summary = json.loads((out / "stability.json").read_text())["summary"]
+    for key in ("map50_95", "map50", "f1", "fitness"):
+        a, b = per_seed[0][key], per_seed[1][key]
+        assert summary[key]["mean"] == pytest.approx((a + b) / 2)
+        assert summary[key]["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
+    rows = list(csv.DictReader(open(out / "stability.csv")))
+    assert [r["seed"] for r in rows] == ["0", "1", "mean", "std"]
+    assert "mean" in capsys.readouterr().out

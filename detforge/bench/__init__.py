@@ -1,0 +1,1 @@
+"""Benchmarks behind `detforge bench`: latency percentiles, training and data throughput."""

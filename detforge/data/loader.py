@@ -11,7 +11,6 @@ images rejoin after ignore_background_epochs.
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 
@@ -20,8 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
-
-log = logging.getLogger(__name__)
 
 
 class EpochSampler(Sampler):

@@ -134,6 +134,7 @@ class Trainer:
 
         self.model = self._build_model()
         recipe = self.model.recipe() if hasattr(self.model, "recipe") else {}
+        cfg = self.cfg = self._apply_recipe_defaults(cfg, recipe)
         self.model.to(self.device)
 
         self.train_set = DetectionDataset(train_samples, cfg, train=True, cache=cfg.cache)
@@ -149,12 +150,12 @@ class Trainer:
             self.val_set, per_rank * 2, cfg.workers, rank=self.dist.rank, world_size=self.dist.world_size,
         )
         self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.accumulate))
+        cfg = self.cfg = self._fit_warmup(cfg)
 
         self.optimizer, opt_info = build_optimizer(
             self.model, cfg, dataset_size=len(self.train_set), iters_per_epoch=self.iters_per_epoch,
             world_size=self.dist.world_size, recipe=recipe, batch_size=per_rank,
         )
-        LOG.info("optimizer: %s", opt_info.get("summary", opt_info))
         self.schedule = LRSchedule(
             cfg, self.iters_per_epoch, cfg.epochs, step_per_epoch=cfg.step_per_epoch,
             warmup_every_cycle=cfg.warmup_every_cycle,
@@ -184,6 +185,38 @@ class Trainer:
                 getattr(self.model, "model_name", cfg.model), self.device, len(self.train_set), len(self.val_set),
                 len(self.names), self.batch_size, cfg.epochs, self.save_dir,
             )
+
+    # settings a family recipe may fill when the user left them alone; sizes of the run
+    # (imgsz, batch, epochs) stay the user's: a COCO recipe's 640 px x 160 epochs is no default
+    RECIPE_SKIP = frozenset({"imgsz", "batch", "epochs", "model", "data"})
+
+    def _apply_recipe_defaults(self, cfg: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
+        fill = {
+            k: v for k, v in recipe.items()
+            if k in TrainConfig.model_fields and k not in cfg.model_fields_set and k not in self.RECIPE_SKIP
+        }
+        if not fill:
+            return cfg
+        LOG.info("model recipe: %s", ", ".join(f"{k}={v}" for k, v in sorted(fill.items())))
+        updated = TrainConfig(**{**cfg.model_dump(), **fill})
+        # keep "what the user set" knowable for later layers (optimizer recipe, cooldet keeps)
+        object.__setattr__(updated, "__pydantic_fields_set__", set(cfg.model_fields_set))
+        return updated
+
+    def _fit_warmup(self, cfg: TrainConfig) -> TrainConfig:
+        """A warm-up sized for COCO (500 iterations, 3 epochs) can be longer than a whole run on a
+        few hundred images: unless the user set it, cap it at 10% of the run's steps."""
+        if {"warmup_iters", "warmup_epochs"} & cfg.model_fields_set:
+            return cfg
+        total = self.iters_per_epoch * cfg.epochs
+        wanted = cfg.warmup_iters if cfg.warmup_iters is not None else round(cfg.warmup_epochs * self.iters_per_epoch)
+        cap = max(1, round(0.1 * total))
+        if wanted <= cap:
+            return cfg
+        LOG.info("warm-up: %d steps would be %.0f%% of this %d-step run; using %d (set warmup_iters to override)",
+                 wanted, 100 * wanted / total, total, cap)
+        updated = cfg.model_copy(update={"warmup_iters": cap})
+        return updated
 
     def _build_model(self) -> torch.nn.Module:
         cfg = self.cfg

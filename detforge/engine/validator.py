@@ -54,13 +54,18 @@ def evaluate(model, loader, names, conf, iou_thr, device, amp_dtype=None, max_de
     per_image = []
     for meta, det in predict_loader(model, loader, device, amp_dtype, max_det, show=show):
         per_image.append((int(meta["index"]), det))
-    gathered = dist_utils.all_gather_object(per_image)
-    merged = {}
-    for part in gathered:
-        for idx, det in part:
-            merged.setdefault(idx, det)  # a padded duplicate from a sampler is counted once
-    evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
-    for idx in sorted(merged):
-        s = samples[idx]
-        evaluator.add(s.boxes, s.labels, merged[idx], (s.height, s.width))
-    return evaluator.compute(), evaluator, merged
+    # predictions go to rank 0, which scores once and broadcasts the numbers
+    gathered = dist_utils.gather_to_main(per_image)
+    result = None
+    if gathered is not None:
+        merged = {}
+        for part in gathered:
+            for idx, det in part:
+                merged.setdefault(idx, det)  # a padded duplicate from a sampler is counted once
+        evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
+        for idx in sorted(merged):
+            s = samples[idx]
+            evaluator.add(s.boxes, s.labels, merged[idx], (s.height, s.width))
+        result = (evaluator.compute(), evaluator, merged)
+    metrics = dist_utils.broadcast_object(result[0] if result else None)
+    return (metrics, result[1], result[2]) if result else (metrics, None, {})

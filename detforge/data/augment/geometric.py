@@ -119,8 +119,9 @@ def warp_region_into(
     x1, y1, x2, y2 = region
     if x2 <= x1 or y2 <= y1:
         return
-    # one replicated pixel around the region lets bilinear sampling reach its very edge,
-    # so neighbouring tiles meet without a seam of untouched pixels
+    # BORDER_TRANSPARENT mixes samples that fall outside the source with what the canvas
+    # already holds (the padding gray, at a tile edge); one replicated pixel around the region
+    # keeps its edge pixels pure, so neighbouring tiles meet without a gray seam
     crop = cv2.copyMakeBorder(img[y1:y2, x1:x2], 1, 1, 1, 1, cv2.BORDER_REPLICATE)
     corners = np.array([[x1, y1, 1], [x2, y1, 1], [x2, y2, 1], [x1, y2, 1]], np.float64)
     pts = corners @ m.T
@@ -134,8 +135,7 @@ def warp_region_into(
     # crop pixel (0, 0) is source pixel (x1 - 1, y1 - 1); output pixel (0, 0) is (ox1, oy1)
     local = translation(-ox1, -oy1) @ m @ translation(x1 - 1, y1 - 1)
     roi = canvas[oy1:oy2, ox1:ox2]
-    # BORDER_TRANSPARENT writes only pixels whose 2x2 neighbourhood lies inside the padded
-    # crop: the tile reaches at most half a pixel past its region, where the next tile wins
+    # the padded crop reaches up to 1.5 px past the region; there the next tile drawn wins
     cv2.warpAffine(
         crop, local[:2], (roi.shape[1], roi.shape[0]), dst=roi,
         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT,

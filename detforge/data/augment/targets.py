@@ -48,7 +48,7 @@ class Targets:
         return Targets(boxes, self.labels, self.weights)
 
     def with_weights(self, weights) -> "Targets":
-        return Targets(self.boxes, self.labels, np.broadcast_to(weights, self.labels.shape))
+        return Targets(self.boxes, self.labels, np.broadcast_to(weights, self.labels.shape).copy())
 
     @staticmethod
     def concat(parts: list["Targets"]) -> "Targets":

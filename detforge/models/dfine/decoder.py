@@ -290,6 +290,9 @@ class DFineDecoder(nn.Module):
         return weighting_function(self.reg_max, self.up, self.reg_scale)
 
     def forward(self, feats: list[Tensor], targets: list[dict[str, Tensor]] | None = None) -> dict:
+        if self.training and hasattr(self, "project"):
+            raise RuntimeError("this D-FINE decoder is in its deploy (inference) form and cannot run in "
+                               "training mode; call .eval() on the model")
         memory, shapes = self._flatten_levels(feats)
         top_memory, top_boxes_unact, top_logits = self._select_queries(memory, shapes)
         denoise = None

@@ -47,14 +47,16 @@ class DFine(DetectionModel):
         frozen = cfg.frozen_norm and from_weights if freeze_norm is None else bool(freeze_norm)
         self.backbone = HGNetv2(cfg.backbone, cfg.lab, cfg.return_idx, frozen_norm=frozen,
                                 freeze_stem=cfg.freeze_stem and from_weights)
-        self.encoder = HybridEncoder(cfg.backbone_channels, cfg.enc_dim, cfg.enc_ffn, cfg.enc_heads,
-                                     expansion=cfg.expansion, depth_mult=cfg.depth_mult)
+        encoder = HybridEncoder(cfg.backbone_channels, cfg.enc_dim, cfg.enc_ffn, cfg.enc_heads,
+                                expansion=cfg.expansion, depth_mult=cfg.depth_mult)
+        # registered after the decoder so the state dict lists keys in the official order
         self.decoder = DFineDecoder(
             self.num_classes, (cfg.enc_dim,) * cfg.num_levels, cfg.feat_strides, dim=cfg.dec_dim, ffn=cfg.dec_ffn,
             heads=cfg.dec_heads, num_layers=cfg.num_layers, num_points=cfg.num_points, num_queries=cfg.num_queries,
             reg_max=cfg.reg_max, reg_scale=cfg.reg_scale, eval_idx=cfg.eval_idx, num_denoising=cfg.num_denoising,
             label_noise_ratio=cfg.label_noise_ratio, box_noise_scale=cfg.box_noise_scale,
         )
+        self.encoder = encoder
         self._loss_options = dict(loss_options or {})
         self._criterion: list[nn.Module] = []  # built on first use; kept out of the state dict
         self.load_report: dict[str, Any] | None = None
@@ -102,7 +104,8 @@ class DFine(DetectionModel):
                     f"D-FINE: target {i} has labels {int(labels.min())}..{int(labels.max())}, but the model has "
                     f"num_classes={self.num_classes}; labels must be 0-based class indices"
                 )
-            norm = box_convert(boxes / scale, "xyxy", "cxcywh").clamp(0.0, 1.0)
+            # clip to the image in corner form, then normalise
+            norm = box_convert((boxes / scale).clamp(0.0, 1.0), "xyxy", "cxcywh")
             extra = {k: v for k, v in t.items() if k not in ("boxes", "labels")}
             out.append({**extra, "boxes": norm, "labels": labels})
         return out
