@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 def build_official(root: Path, size: str) -> torch.nn.Module:
     sys.path.insert(0, str(root))
-    # profiling helper imported by the official package at import time; the model never uses it
+    # profiling library imported by the official package at import time; the model never uses it
     if "calflops" not in sys.modules:
         try:
             import calflops  # noqa: F401
