@@ -120,6 +120,7 @@ class TrainConfig(BaseModel):
     min_box_size: float = Field(2.0, ge=0, description="boxes smaller (px) after augmentation are dropped")
     min_box_visibility: float = Field(0.1, ge=0, le=1, description="minimum kept fraction of a box's area")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
+    mal: bool | None = Field(None, description="DETRs: matchability-aware classification loss (DEIM) instead of VFL; default: the model's recipe")
 
     # evaluation
     conf: float = Field(0.5, ge=0, le=1, description="confidence threshold for P/R/F1/IoU")

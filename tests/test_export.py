@@ -162,3 +162,12 @@ def test_export_command_uses_checkpoint_settings(tmp_path):
     assert (ov_meta.imgsz, ov_meta.half, ov_meta.names) == ((128, 128), True, NAMES)
     assert (tmp_path / "best_fp16.bin").is_file()
     assert main(["export", "model=missing.pt", "format=onnx"]) == 1
+
+
+def test_detector_export_returns_the_written_path(tmp_path):
+    from detforge import Detector, Predictor
+
+    det = Detector("fcos-n", num_classes=3, names=NAMES)
+    path = det.export(format="onnx", out=tmp_path / "m", imgsz=128)
+    assert path == tmp_path / "m.onnx" and read_onnx_metadata(path).names == NAMES
+    assert Predictor(path, threads=1).imgsz == 128  # the public import path of the Python API

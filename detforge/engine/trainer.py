@@ -218,6 +218,18 @@ class Trainer:
         updated = cfg.model_copy(update={"warmup_iters": cap})
         return updated
 
+    def _model_options(self, name: str) -> dict[str, Any]:
+        """Loss settings of the config, in the form each family's constructor takes."""
+        from detforge.models.zoo import get_spec
+
+        family = get_spec(name).family
+        if family == "dfine":
+            opts: dict[str, Any] = {"label_smoothing": self.cfg.label_smoothing}
+            if self.cfg.mal is not None:
+                opts["use_mal"] = self.cfg.mal
+            return {"loss_options": opts}
+        return {"label_smoothing": self.cfg.label_smoothing}
+
     def _build_model(self) -> torch.nn.Module:
         cfg = self.cfg
         if self._model_in is not None:
@@ -225,12 +237,12 @@ class Trainer:
         num_classes = len(self.names)
         if cfg.model.endswith(".pt"):
             ckpt = load_checkpoint(cfg.model)
-            model = build_model(ckpt["model_name"], num_classes)
+            model = build_model(ckpt["model_name"], num_classes, **self._model_options(ckpt["model_name"]))
             from detforge.engine.checkpoint import find_state_dict, load_matching
 
             load_matching(model, find_state_dict(ckpt), source=cfg.model)
         else:
-            model = build_model(cfg.model, num_classes)
+            model = build_model(cfg.model, num_classes, **self._model_options(cfg.model))
         if cfg.pretrained:
             load_pretrained(model, cfg.pretrained)
         return model
