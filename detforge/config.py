@@ -85,6 +85,8 @@ class TrainConfig(BaseModel):
     clip_grad: float = Field(0.0, ge=0, description="max grad norm; 0 disables")
     patience: int = Field(0, ge=0, description="epochs without fitness gain before stopping; 0 off")
     save_period: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0, description="also write last.pt every N optimizer steps inside an epoch")
+    checkpoint_minutes: float = Field(30.0, ge=0, description="also write last.pt inside an epoch when this many minutes passed; 0 off")
     val_period: int = Field(1, ge=1)
     seed: int = 0
     deterministic: bool = False

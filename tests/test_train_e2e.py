@@ -62,18 +62,20 @@ def test_val_reproduces_best_epoch(trained_run, synthetic_root, tmp_path):
         assert again[key] == pytest.approx(best[key], abs=1e-9), key
 
 
-def test_resume_after_sigkill_matches_uninterrupted(synthetic_root, tmp_path):
+@pytest.mark.parametrize("every", [2, 0], ids=["mid-epoch-checkpoint", "epoch-checkpoint"])
+def test_resume_after_sigkill_matches_uninterrupted(synthetic_root, tmp_path, every):
+    """6 steps per epoch. Killed after step 5 of epoch 2: with checkpoint_every=2 the resume
+    continues from batch 4 of epoch 2; without, it replays epoch 2 from its start."""
     args = [f"data={synthetic_root}", "epochs=3", "warmup_epochs=1", "deterministic=true", "plots=false",
-            "mosaic=0.5", *FAST]
+            "mosaic=0.5", "multi_scale=0.25", f"checkpoint_every={every}", *FAST]
     main(["train", *args, f"project={tmp_path}", "name=full"])
-    # the same run, killed with SIGKILL in the middle of epoch 2 (after 4 of its 6 steps)
     script = textwrap.dedent(f"""
         import os, signal, sys
         from detforge.engine.trainer import Trainer
         real = Trainer._optimizer_step
         def step(self):
             real(self)
-            if self.iteration == 6 + 4:
+            if self.iteration == 6 + 5:
                 os.kill(os.getpid(), signal.SIGKILL)
         Trainer._optimizer_step = step
         from detforge.cli import main
@@ -83,6 +85,8 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_root, tmp_path):
     assert proc.returncode == -9
     assert len(_rows(tmp_path / "cut" / "metrics.csv")) == 1
     assert main(["train", f"resume={tmp_path / 'cut' / 'weights' / 'last.pt'}", "device=cpu", "workers=0"]) == 0
+    log = (tmp_path / "cut" / "train.log").read_text()
+    assert ("in epoch 2 at batch 4" in log) == (every == 2)
     full, cut = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "cut" / "metrics.csv")
     assert len(cut) == 3
     for a, b in zip(full, cut):

@@ -89,6 +89,8 @@ class Trainer:
         self.best_fitness = -math.inf
         self.best_epoch = -1
         self.start_epoch = 0
+        self.resume_progress: dict[str, Any] | None = None  # set when last.pt was written mid-epoch
+        self._last_save = time.time()
         self.iteration = 0
         self.bad_steps_total = 0
 
@@ -297,8 +299,12 @@ class Trainer:
         return SummaryWriter(str(self.save_dir))
 
     # ------------------------------------------------------------------ checkpoints
-    def _payload(self, epoch: int, metrics: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+    def _payload(self, epoch: int, metrics: dict[str, Any], state: dict[str, Any],
+                 progress: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``epoch`` is the last finished epoch; ``progress`` the position inside the next one
+        (batch, running loss sums) when written mid-epoch."""
         return {
+            "epoch_progress": progress,
             "format": FORMAT,
             "model_name": getattr(self.model, "model_name", self.cfg.model),
             "num_classes": len(self.names),
@@ -341,7 +347,13 @@ class Trainer:
         self.history = list(ckpt.get("history", []))
         self.bad_steps_total = int(ckpt.get("bad_steps_total", 0))
         set_rng_state(ckpt["rng"])
-        LOG.info("resumed from %s at epoch %d", self.resume_from, self.start_epoch + 1)
+        self.resume_progress = ckpt.get("epoch_progress")
+        if self.resume_progress:
+            self.resume_progress["rng"] = ckpt["rng"]
+            LOG.info("resumed from %s in epoch %d at batch %d", self.resume_from, self.start_epoch + 1,
+                     self.resume_progress["batch"])
+        else:
+            LOG.info("resumed from %s at epoch %d", self.resume_from, self.start_epoch + 1)
 
     # ------------------------------------------------------------------ loop
     def _targets_to_device(self, targets):
@@ -369,23 +381,26 @@ class Trainer:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
-        loader_set_epoch(self.train_loader, epoch)
+        progress, self.resume_progress = self.resume_progress, None
+        start_batch = int(progress["batch"]) if progress else 0
+        loader_set_epoch(self.train_loader, epoch, start_batch)
         self.train_model.train()
         self.schedule.step(self.optimizer, self.iteration)
-        rng = np.random.default_rng(seed)
+        if progress:  # continue the RNG streams where the interrupted run was
+            set_rng_state(progress["rng"])
         autocast = (
             torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else nullcontext()
         )
-        sums: dict[str, float] = {}
-        n_batches = len(self.train_loader)
+        sums: dict[str, float] = dict(progress["sums"]) if progress else {}
+        n_batches = start_batch + len(self.train_loader)  # the sampler skips what was done
         bad_in_row = 0
         micro = 0
         bar = tqdm(
-            self.train_loader, total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            self.train_loader, total=n_batches, initial=start_batch, desc=f"epoch {epoch + 1}/{cfg.epochs}",
             disable=not (self.is_main and cfg.verbose), dynamic_ncols=True, leave=True,
         )
         self.optimizer.zero_grad(set_to_none=True)
-        for i, (images, targets, _metas) in enumerate(bar):
+        for i, (images, targets, _metas) in enumerate(bar, start=start_batch):
             if epoch == self.start_epoch and i < 3 and self.is_main and cfg.plots and epoch == 0:
                 from detforge.data.preview import save_batch_preview
 
@@ -393,6 +408,7 @@ class Trainer:
             x = images.to(self.device, non_blocking=True).float().div_(255)
             tgts = self._targets_to_device(targets)
             if cfg.multi_scale > 0:
+                rng = np.random.default_rng([cfg.seed, epoch, i])  # a function of the position: resumable
                 size = multi_scale_size(cfg.imgsz, cfg.multi_scale, getattr(self.model, "stride", 32), rng)
                 x, tgts = resize_batch(x, tgts, size)
             last_micro = (micro + 1) % cfg.accumulate == 0 or i == n_batches - 1
@@ -423,13 +439,15 @@ class Trainer:
                 continue
             bad_in_row = 0
             micro += 1
-            if last_micro:
-                self._optimizer_step()
-                micro = 0
             logged = dist_utils.reduce_loss_dict(loss_dict)
             logged["loss"] = sum(logged.values())
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v
+            if last_micro:
+                self._optimizer_step()
+                micro = 0
+                if i < n_batches - 1:
+                    self._maybe_checkpoint_mid_epoch(epoch, i + 1, sums)
             if self.is_main and cfg.verbose:
                 bar.set_postfix(
                     loss=f"{sums['loss'] / (i + 1):.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
@@ -437,6 +455,21 @@ class Trainer:
                 )
         count = max(1, n_batches)
         return {k: v / count for k, v in sums.items()}
+
+    def _maybe_checkpoint_mid_epoch(self, epoch: int, next_batch: int, sums: dict[str, float]) -> None:
+        """A long epoch is hours of work: write last.pt inside it too (every ``checkpoint_every``
+        steps or ``checkpoint_minutes``), so a resume continues from this batch."""
+        cfg = self.cfg
+        due = bool(cfg.checkpoint_every) and self.iteration % cfg.checkpoint_every == 0
+        if cfg.checkpoint_minutes and time.time() - self._last_save >= 60 * cfg.checkpoint_minutes:
+            due = True
+        if not dist_utils.any_rank(due, self.device):
+            return
+        state = self._gather_state(self.weights_dir / "last_dcp")
+        if self.is_main:
+            progress = {"batch": next_batch, "sums": dict(sums)}
+            save_checkpoint(self._payload(epoch - 1, {}, state, progress), self.weights_dir / "last.pt")
+        self._last_save = time.time()
 
     def validate(self) -> tuple[dict[str, Any], Any]:
         model = self.ema.module if self.ema else self._plain_model()
@@ -497,6 +530,7 @@ class Trainer:
                     self._log_epoch(epoch, losses, metrics, time.time() - t0)
                     payload = self._payload(epoch, metrics, state)
                     save_checkpoint(payload, self.weights_dir / "last.pt")
+                    self._last_save = time.time()
                     if improved:
                         save_checkpoint(payload, self.weights_dir / "best.pt")
                     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:

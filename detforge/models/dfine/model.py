@@ -17,7 +17,8 @@ from detforge.models.dfine.decoder import DFineDecoder
 from detforge.models.dfine.encoder import HybridEncoder
 from detforge.models.dfine.hgnetv2 import HGNetv2
 from detforge.models.dfine.postprocess import to_detections, topk_detections
-from detforge.models.dfine.sizes import DFineSize, official_recipe, size_settings
+from detforge.models.dfine.recipe import small_data_recipe
+from detforge.models.dfine.sizes import DFineSize, size_settings
 
 
 class DFine(DetectionModel):
@@ -26,8 +27,8 @@ class DFine(DetectionModel):
     ``freeze_norm``: None follows the official setting of the size (FrozenBatchNorm2d and a frozen
     stem for L and X) when starting from official weights, and trains every norm when starting
     from scratch (frozen statistics of random weights would leave the backbone unnormalised).
-    ``loss_options`` go to DFineCriterion; ``overrides`` replace fields of the size's settings
-    (see sizes.DFineSize), e.g. ``num_queries=100``.
+    ``loss_options`` go to DFineCriterion (here ``use_mal`` defaults to True); ``overrides``
+    replace fields of the size's settings (see sizes.DFineSize), e.g. ``num_queries=100``.
     """
 
     family = "dfine"
@@ -72,7 +73,9 @@ class DFine(DetectionModel):
             # imported here: the loss module imports this package's FDR maths
             from detforge.models.dfine.criterion import DFineCriterion
 
-            options = {"reg_max": self.settings.reg_max, **self._loss_options}
+            # MAL by default: low-IoU matches keep a real gradient, which short runs on small
+            # data need (see dfine.recipe); loss_options={"use_mal": False} restores VFL
+            options = {"reg_max": self.settings.reg_max, "use_mal": True, **self._loss_options}
             self._criterion.append(DFineCriterion(self.num_classes, **options))
         return self._criterion[0]
 
@@ -132,6 +135,7 @@ class DFine(DetectionModel):
 
     # ---- recipe
 
-    def recipe(self) -> dict[str, Any]:
-        """The official COCO recipe of this size as TrainConfig keys (see sizes.official_recipe)."""
-        return official_recipe(self.size)
+    def recipe(self, epochs: int | None = None) -> dict[str, Any]:
+        """detforge's small-data recipe of this size as TrainConfig keys (see dfine.recipe; the
+        official one is sizes.official_recipe). ``epochs`` sizes the no-augmentation tail."""
+        return small_data_recipe(self.size, epochs=epochs, from_pretrained=self.load_report is not None)
