@@ -21,6 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the pool
+# started can deadlock in its first cv2 call. Parallelism comes from the loader's workers.
+cv2.setNumThreads(0)
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 _EXIF_ORIENTATION = 0x0112

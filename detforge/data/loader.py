@@ -89,8 +89,8 @@ class DetectionLoader(DataLoader):
 
 
 def _worker_init(worker_id: int) -> None:
-    # one OpenCV/torch thread per worker: the workers are the parallelism
-    cv2.setNumThreads(1)
+    # one torch thread per worker: the workers are the parallelism (OpenCV's pool is off
+    # process-wide, see image_io)
     torch.set_num_threads(1)
 
 
