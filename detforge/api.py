@@ -19,28 +19,11 @@ from typing import Any
 import torch
 
 from detforge.config import TrainConfig, build_config
-from detforge.engine.checkpoint import find_state_dict, load_checkpoint, load_matching, load_pretrained
+from detforge.engine.checkpoint import load_detector_checkpoint, load_pretrained
 from detforge.models.zoo import build_model
 from detforge.utils.runtime import increment_path, select_device, setup_logging
 
 LOG = logging.getLogger("detforge")
-
-
-def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A detforge checkpoint -> (model with its weights, the checkpoint dict)."""
-    ckpt = load_checkpoint(path)
-    if "model_name" not in ckpt:
-        raise ValueError(
-            f"{path}: not a detforge checkpoint (no 'model_name'); to start from foreign weights use "
-            "pretrained=PATH with a model name, e.g. model=dfine-s pretrained=PATH"
-        )
-    model = build_model(ckpt["model_name"], int(ckpt["num_classes"]))
-    sd = find_state_dict(ckpt, prefer_ema=prefer_ema)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        LOG.warning("%s: %d missing and %d unexpected tensors", path, len(missing), len(unexpected))
-    model.eval()
-    return model, ckpt
 
 
 class Detector:
@@ -145,6 +128,10 @@ class Detector:
         s = self._settings()
         kw.setdefault("imgsz", s.get("imgsz", 640))
         kw.setdefault("resize_mode", s.get("resize_mode", "stretch"))
+        if self.ckpt is not None:
+            from detforge.export.metadata import checkpoint_conf
+
+            kw.setdefault("conf", checkpoint_conf(self.ckpt))
         out = kw.pop("out", None) or (Path(self.source).with_suffix("") if self.source.endswith(".pt") else Path(self.source))
         return export_model(self.model, self.names, format=format, out=out, **kw)
 

@@ -68,7 +68,10 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_root, tmp_path, ev
     continues from batch 4 of epoch 2; without, it replays epoch 2 from its start."""
     args = [f"data={synthetic_root}", "epochs=3", "warmup_epochs=1", "deterministic=true", "plots=false",
             "mosaic=0.5", "multi_scale=0.25", f"checkpoint_every={every}", *FAST]
-    main(["train", *args, f"project={tmp_path}", "name=full"])
+    # both runs in fresh processes: thread counts or flags left by other tests would change
+    # float summation order, and this test compares exact numbers
+    full = subprocess.run([sys.executable, "-m", "detforge", "train", *args, f"project={tmp_path}", "name=full"])
+    assert full.returncode == 0
     script = textwrap.dedent(f"""
         import os, signal, sys
         from detforge.engine.trainer import Trainer
@@ -84,7 +87,9 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_root, tmp_path, ev
     proc = subprocess.run([sys.executable, "-c", script, "train", *args, f"project={tmp_path}", "name=cut"])
     assert proc.returncode == -9
     assert len(_rows(tmp_path / "cut" / "metrics.csv")) == 1
-    assert main(["train", f"resume={tmp_path / 'cut' / 'weights' / 'last.pt'}", "device=cpu", "workers=0"]) == 0
+    resumed = subprocess.run([sys.executable, "-m", "detforge", "train",
+                              f"resume={tmp_path / 'cut' / 'weights' / 'last.pt'}", "device=cpu", "workers=0"])
+    assert resumed.returncode == 0
     log = (tmp_path / "cut" / "train.log").read_text()
     assert ("in epoch 2 at batch 4" in log) == (every == 2)
     full, cut = _rows(tmp_path / "full" / "metrics.csv"), _rows(tmp_path / "cut" / "metrics.csv")

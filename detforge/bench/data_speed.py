@@ -8,6 +8,9 @@ import logging
 import time
 from pathlib import Path
 
+import cv2
+import torch
+
 from detforge.bench.args import int_list, resolve
 from detforge.bench.report import write_report
 
@@ -35,7 +38,12 @@ def run_data_speed(args: dict) -> list[dict]:
     dataset = DetectionDataset(samples, cfg, train=True, cache=cfg.cache)
     batch, warmup, count = int(opts["batch"]), int(opts["warmup"]), int(opts["batches"])
     rows = []
-    for workers in int_list(opts["workers"], "workers"):
+    # loader processes are forked before the main process runs any augmentation itself: a
+    # fork taken while OpenCV's thread pool is live can deadlock the children
+    for workers in sorted(int_list(opts["workers"], "workers"), key=lambda w: (w == 0, w)):
+        if workers == 0:  # in the main process: one core, like one worker
+            cv2.setNumThreads(1)
+            torch.set_num_threads(1)
         loader = build_dataloader(dataset, batch, train=True, workers=workers, seed=cfg.seed, drop_last=True)
         images, epoch, start = 0, 0, None
         done = False
@@ -56,6 +64,7 @@ def run_data_speed(args: dict) -> list[dict]:
         rate = images / max(elapsed, 1e-9)
         rows.append({"workers": workers, "images_per_s": rate, "per_core": rate / max(workers, 1), "images": images})
         LOG.info("workers=%d: %.1f images/s", workers, rate)
+    rows.sort(key=lambda r: r["workers"])
     title = (f"data pipeline: {data.root} ({len(samples)} train images) | {cfg.imgsz} | mosaic {cfg.mosaic} | "
              f"batch {batch} | cache {cfg.cache}")
     table = write_report(rows, COLUMNS, Path(opts["out"]), "data_speed", title)

@@ -68,7 +68,7 @@ def build_backend(opts: dict, workdir: Path):
     if path.suffix.lower() in (".onnx", ".xml", ".engine") or (path.suffix == ".pt" and backend == "torch"):
         return load_backend(path, backend, opts["device"], threads)
     if path.suffix == ".pt":
-        from detforge.api import load_detector_checkpoint
+        from detforge.engine.checkpoint import load_detector_checkpoint
 
         model, ckpt = load_detector_checkpoint(path)
         names = list(ckpt.get("names") or [str(i) for i in range(model.num_classes)])

@@ -170,3 +170,22 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
     obj = load_checkpoint(path)
     return load_matching(model, find_state_dict(obj), source=str(path))
+
+
+def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A detforge checkpoint -> (model with its weights, the checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    if "model_name" not in ckpt:
+        raise ValueError(
+            f"{path}: not a detforge checkpoint (no 'model_name'); to start from foreign weights use "
+            "pretrained=PATH with a model name, e.g. model=dfine-s pretrained=PATH"
+        )
+    from detforge.models.zoo import build_model
+
+    model = build_model(ckpt["model_name"], int(ckpt["num_classes"]))
+    sd = find_state_dict(ckpt, prefer_ema=prefer_ema)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        LOG.warning("%s: %d missing and %d unexpected tensors", path, len(missing), len(unexpected))
+    model.eval()
+    return model, ckpt

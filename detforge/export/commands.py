@@ -11,7 +11,7 @@ LOG = logging.getLogger("detforge")
 
 
 def export_command(cfg: TrainConfig, given: set[str]) -> int:
-    from detforge.api import load_detector_checkpoint
+    from detforge.engine.checkpoint import load_detector_checkpoint
     from detforge.export import export_model
     from detforge.export.metadata import checkpoint_conf
 

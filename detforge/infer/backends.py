@@ -63,7 +63,7 @@ class TorchBackend(Backend):
 
 
 def load_torch_checkpoint(path: Path, device: torch.device, threads: int | None = None) -> TorchBackend:
-    from detforge.api import load_detector_checkpoint
+    from detforge.engine.checkpoint import load_detector_checkpoint
     from detforge.export.metadata import checkpoint_conf
 
     model, ckpt = load_detector_checkpoint(path)
