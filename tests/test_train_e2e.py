@@ -48,6 +48,10 @@ def test_run_folder_is_complete(trained_run):
     for key in ["map50_95", "map50", "map75", "precision", "recall", "f1", "iou", "fitness", "epoch", "per_class"]:
         assert key in best, key
     assert len(best["per_class"]) == 4
+    assert len(best["class_conf"]) == 4 and all(0 <= c <= 1 for c in best["class_conf"])
+    from detforge.engine.checkpoint import load_checkpoint
+
+    assert load_checkpoint(trained_run / "weights/best.pt")["class_conf"] == best["class_conf"]
     assert best["fitness"] == pytest.approx((best["map50"] + best["f1"]) / 2)
     assert best["fitness"] == pytest.approx(max(float(r["fitness"]) for r in rows), abs=1e-6)
 

@@ -566,6 +566,8 @@ class Trainer:
             out["confusion"] = metrics.get("confusion")
             out["bad_steps"] = self.bad_steps_total
             out["data_problems"] = self.data.problem_counts()
+            if evaluator is not None and best.is_file():
+                out["class_conf"] = self._store_class_thresholds(evaluator, best)
             (self.save_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
             if self.cfg.plots:
                 self._plots(evaluator)
@@ -576,6 +578,26 @@ class Trainer:
             )
         metrics["save_dir"] = str(self.save_dir)
         return metrics
+
+    def _store_class_thresholds(self, evaluator, best: Path) -> list[float]:
+        """Per-class confidence thresholds for deployment: the confidence that maximises each
+        class's F1 on the validation set (``conf`` where a class has no ground truth). Saved in
+        best.pt as ``class_conf``; exports carry them. Chosen on val, so the F1 they reach
+        there is optimistic: the reported metrics stay at the single ``conf``."""
+        sweep = evaluator.curves()
+        confs, f1, n_gt = np.asarray(sweep["confs"]), np.asarray(sweep["f1"]), np.asarray(sweep["n_gt"])
+        chosen = []
+        for c in range(len(self.names)):
+            if n_gt[c] == 0 or not np.isfinite(f1[:, c]).any() or np.nanmax(f1[:, c]) <= 0:
+                chosen.append(float(self.cfg.conf))
+            else:
+                chosen.append(round(float(confs[int(np.nanargmax(f1[:, c]))]), 3))
+        ckpt = load_checkpoint(best)
+        ckpt["class_conf"] = chosen
+        save_checkpoint(ckpt, best)
+        LOG.info("per-class confidence thresholds (best F1 on val): %s",
+                 ", ".join(f"{n} {c:.2f}" for n, c in zip(self.names, chosen)))
+        return chosen
 
     def _plots(self, evaluator) -> None:
         from detforge.eval import plots
