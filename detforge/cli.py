@@ -18,7 +18,7 @@ commands:
   predict  run on images / video     detforge predict model=best.pt source=DIR conf=0.5
   export   onnx | openvino | tensorrt  detforge export model=best.pt format=onnx
   eval     score COCO predictions    detforge eval gt=COCO.json pred=DETECTIONS.json
-  data     check | convert | split   detforge data check data=PATH
+  data     check | convert           detforge data check data=PATH
   bench    latency | train | data | stability
   models   list the available models
 
@@ -97,7 +97,7 @@ def cmd_data(argv: list[str]) -> int:
     from detforge.data.commands import data_command
 
     if not argv or "=" in argv[0]:
-        raise ConfigError("usage: detforge data check|convert|split data=PATH [to=yolo|coco|voc out=DIR]")
+        raise ConfigError("usage: detforge data check|convert data=PATH [to=yolo|coco|voc out=DIR]")
     return data_command(argv[0], parse_overrides(argv[1:]))
 
 

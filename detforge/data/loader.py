@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import random
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
