@@ -101,9 +101,15 @@ def yolo_data(data: str, work: Path) -> Path:
     """BCCD (any layout detforge reads) as a YOLO folder with symlinked images, for Ultralytics."""
     from detforge.data.formats import load_dataset, write_dataset
 
-    yaml_path = work / "data.yaml"
+    import yaml
+
+    yaml_path = work / "data_ultralytics.yaml"
     if not yaml_path.is_file():
         write_dataset(load_dataset(data), work, "yolo", link=True)
+        spec = yaml.safe_load((work / "data.yaml").read_text())
+        # Ultralytics resolves a relative 'path' against its own datasets folder, not the yaml's
+        spec["path"] = str(work.resolve())
+        yaml_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return yaml_path
 
 

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import os
-from collections import Counter
+from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,11 +24,15 @@ from ..records import Problem, Sample
 from .augment.pipeline import EvalTransform, TrainTransform
 from .augment.resize import limit_long_side
 from .augment.targets import Targets
-from .image_io import ImageReadError, read_image
+from .image_io import ImageReadError, read_image, read_image_for_size
 
 log = logging.getLogger(__name__)
 
 RAM_CACHE_LIMIT = 0.7  # refuse cache=ram above this share of the available memory
+# without a cache, training keeps recently decoded (pre-resized) images up to this size per
+# process, so mosaic partners drawn again are not decoded again (small sets fit entirely)
+DECODED_LRU_BYTES = 256 * 2**20
+DECODED_LRU_MEMORY_SHARE = 0.05  # and never more than this share of the available memory
 
 
 class CacheError(RuntimeError):
@@ -117,6 +121,7 @@ class DetectionDataset(Dataset):
         self._orig_sizes: list[tuple[int, int] | None] = [None] * len(self.samples)
         self._ram: list[np.ndarray | None] | None = None
         self._disk_dir: Path | None = None
+        self._recent: _DecodedLRU | None = None
         self.cache = str(cache).lower()
         if self.cache == "ram":
             self._fill_ram_cache()
@@ -124,6 +129,10 @@ class DetectionDataset(Dataset):
             self._fill_disk_cache(cache_dir)
         elif self.cache not in ("false", "none", ""):
             raise ValueError(f"unknown cache {cache!r}; allowed: 'false', 'ram', 'disk'")
+        elif train:
+            self._recent = _DecodedLRU(
+                min(DECODED_LRU_BYTES, int(DECODED_LRU_MEMORY_SHARE * available_memory_bytes()))
+            )
 
     # ---- epochs ---------------------------------------------------------------------------
     def active_indices(self, epoch: int) -> np.ndarray:
@@ -241,11 +250,11 @@ class DetectionDataset(Dataset):
 
     # ---- decoding and caches ----------------------------------------------------------------
     def _decode(self, j: int) -> tuple[np.ndarray, tuple[int, int]]:
-        img = read_image(self.samples[j].image_path)
-        h0, w0 = img.shape[:2]
-        if self.prescale is not None:
-            img = limit_long_side(img, self.prescale)
-        return img, (h0, w0)
+        if self.prescale is None:
+            img = read_image(self.samples[j].image_path)
+            return img, img.shape[:2]
+        img, size = read_image_for_size(self.samples[j].image_path, self.prescale)
+        return limit_long_side(img, self.prescale), size
 
     def _decoded(self, j: int) -> tuple[np.ndarray, tuple[int, int]]:
         if self._ram is not None and self._ram[j] is not None:
@@ -257,8 +266,14 @@ class DetectionDataset(Dataset):
                     return img, self._orig_sizes[j]
             except (OSError, ValueError):
                 pass  # missing or damaged cache file: decode the source instead
+        if self._recent is not None:
+            hit = self._recent.get(j)
+            if hit is not None:
+                return hit
         img, size = self._decode(j)
         self._orig_sizes[j] = size
+        if self._recent is not None:
+            self._recent.put(j, img, size)
         return img, size
 
     def estimated_cache_bytes(self) -> int:
@@ -340,6 +355,31 @@ class DetectionDataset(Dataset):
         workers = max(1, min(8, os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
             yield from pool.map(fn, range(len(self.samples)))
+
+
+class _DecodedLRU:
+    """Least-recently-used decoded images, bounded in bytes. Items never change what a
+    sample looks like (a hit returns exactly what decoding would), only how fast it comes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self.nbytes = 0
+        self._items: OrderedDict[int, tuple[np.ndarray, tuple[int, int]]] = OrderedDict()
+
+    def get(self, j: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        item = self._items.get(j)
+        if item is not None:
+            self._items.move_to_end(j)
+        return item
+
+    def put(self, j: int, img: np.ndarray, size: tuple[int, int]) -> None:
+        if img.nbytes > self.max_bytes or j in self._items:
+            return
+        self._items[j] = (img, size)
+        self.nbytes += img.nbytes
+        while self.nbytes > self.max_bytes:
+            _, (old, _) = self._items.popitem(last=False)
+            self.nbytes -= old.nbytes
 
 
 class _FirstLoad:

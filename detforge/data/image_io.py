@@ -55,6 +55,46 @@ def read_image(path: str | Path) -> np.ndarray:
     return apply_orientation(img, _orientation(io.BytesIO(buf.tobytes())))
 
 
+def read_image_for_size(path: str | Path, long_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(RGB uint8 image, displayed (height, width) of the original) for use at ``long_side``.
+
+    A JPEG whose long side is at least twice ``long_side`` is decoded at 1/2, 1/4 or 1/8
+    scale by the decoder itself (DCT scaling costs a fraction of a full decode), never below
+    ``long_side``; the caller still resizes to the exact size. Other images decode as
+    ``read_image``.
+    """
+    p = Path(path)
+    buf = _read_bytes(p)
+    orientation, stored = _orientation_and_size(buf)
+    factor = 1
+    if stored is not None and buf[:2].tobytes() == b"\xff\xd8":
+        while factor < 8 and max(stored) / (2 * factor) >= long_side:
+            factor *= 2
+    if factor == 1:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    else:
+        img = cv2.imdecode(buf, _REDUCED_COLOR[factor] | cv2.IMREAD_IGNORE_ORIENTATION)
+    if img is None:
+        raise ImageReadError(p, "not a decodable image (corrupt or wrong format)")
+    img = apply_orientation(_to_rgb8(p, img), orientation)
+    if factor == 1:
+        return img, img.shape[:2]
+    w, h = stored
+    return img, ((w, h) if orientation in (5, 6, 7, 8) else (h, w))
+
+
+_REDUCED_COLOR = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def _orientation_and_size(buf: np.ndarray) -> tuple[int, tuple[int, int] | None]:
+    """(EXIF orientation, stored (width, height)) from the header; (1, None) if unreadable."""
+    try:
+        with Image.open(io.BytesIO(buf.tobytes())) as im:
+            return _exif_orientation(im), im.size
+    except Exception:  # no or broken header: let the decoder judge the file
+        return 1, None
+
+
 def _read_bytes(p: Path) -> np.ndarray:
     try:
         size = p.stat().st_size

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -46,6 +47,20 @@ from detforge.utils.runtime import add_file_log, increment_path, memory_used, se
 
 LOG = logging.getLogger("detforge")
 METRIC_KEYS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou")
+
+
+_LOSS_PART = re.compile(r"^(loss_[a-z0-9]+?)(_(aux|dn|pre|enc)(_\d+)?)*$")
+
+
+def group_losses(losses: dict[str, float]) -> dict[str, float]:
+    """DETRs report one term per decoder layer, denoising group and encoder head (38 for
+    D-FINE); metrics.csv and the progress bar show one column per kind (the sum over layers)."""
+    out: dict[str, float] = {}
+    for k, v in losses.items():
+        m = _LOSS_PART.match(k)
+        base = m.group(1) if m else k
+        out[base] = out.get(base, 0.0) + v
+    return out
 
 
 class NonFiniteLossError(RuntimeError):
@@ -171,6 +186,12 @@ class Trainer:
         if self.resume_ckpt is not None:
             self._restore(self.resume_ckpt)
         self.tb = self._tensorboard() if self.is_main else None
+        self.trackers = []
+        if self.is_main and set(cfg.logger) - {"tensorboard"}:
+            from detforge.engine.loggers import start_trackers
+
+            self.trackers = start_trackers(cfg.logger, Path(cfg.project).name, self.save_dir.name,
+                                           cfg.model_dump(mode="json"))
         self.trust_logger = None
         if cfg.trust_ratio_every and cfg.optimizer in ("lars", "lamb"):
             from detforge.engine.trust_ratio import TrustRatioLogger
@@ -439,7 +460,7 @@ class Trainer:
                 continue
             bad_in_row = 0
             micro += 1
-            logged = dist_utils.reduce_loss_dict(loss_dict)
+            logged = group_losses(dist_utils.reduce_loss_dict(loss_dict))
             logged["loss"] = sum(logged.values())
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -501,6 +522,10 @@ class Trainer:
                     group = "train" if k.startswith("loss") else ("lr" if k == "lr" else "metrics")
                     self.tb.add_scalar(f"{group}/{k}", v, epoch + 1)
             self.tb.flush()
+        if self.trackers:
+            from detforge.engine.loggers import log_all
+
+            log_all(self.trackers, row, epoch + 1)
         if "map50_95" in metrics:
             LOG.info(
                 "epoch %d/%d  loss %.4f  mAP50-95 %.4f  mAP50 %.4f  P %.3f  R %.3f  F1 %.3f  IoU %.3f  (%.1fs)",
@@ -571,6 +596,11 @@ class Trainer:
             (self.save_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
             if self.cfg.plots:
                 self._plots(evaluator)
+            if self.trackers:
+                from detforge.engine.loggers import finish_all
+
+                finish_all(self.trackers, [self.save_dir / "metrics.json", self.save_dir / "metrics.csv",
+                                           *sorted(self.plots_dir.glob("*.png")), best])
             LOG.info(
                 "best epoch %d: mAP50-95 %.4f  mAP50 %.4f  P %.3f  R %.3f  F1 %.3f  IoU %.3f  -> %s",
                 metrics["epoch"], metrics.get("map50_95", 0), metrics.get("map50", 0), metrics.get("precision", 0),
