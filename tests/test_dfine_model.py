@@ -98,7 +98,7 @@ def test_recipe_is_official_and_valid_config():
     assert r["optimizer"] == "adamw" and r["lr0"] == 2e-4 and r["backbone_lr_mult"] == pytest.approx(0.5)
     assert r["weight_decay"] == 1e-4 and r["clip_grad"] == 0.1 and r["ema_decay"] == 0.9999
     assert (r["epochs"], r["close_mosaic"]) == (132, 12)
-    x = DFine.recipe(_meta_model("x"))
+    x = official_recipe("x")
     assert x["lr0"] == 2.5e-4 and x["backbone_lr_mult"] == pytest.approx(0.01) and x["weight_decay"] == 1.25e-4
     assert official_recipe("n", "custom")["epochs"] == 220
     for size in OFFICIAL_PARAMS:
@@ -173,7 +173,8 @@ def test_forward_backward_n_on_cpu():
     targets = [{"boxes": torch.tensor([[10.0, 12.0, 40.0, 50.0], [50.0, 20.0, 90.0, 90.0]]), "labels": torch.tensor([0, 2])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
     losses = model(images, targets)
-    assert {"loss_vfl", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf_aux_0", "loss_vfl_dn_0", "loss_vfl_enc_0"} <= set(losses)
+    # detforge's default classification loss is MAL (DEIM); mal=false restores VFL
+    assert {"loss_mal", "loss_bbox", "loss_giou", "loss_fgl", "loss_ddf_aux_0", "loss_mal_dn_0", "loss_mal_enc_0"} <= set(losses)
     total = sum(losses.values())
     assert torch.isfinite(total) and total > 0
     total.backward()

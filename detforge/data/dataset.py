@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -375,11 +376,22 @@ class _DecodedLRU:
     def put(self, j: int, img: np.ndarray, size: tuple[int, int]) -> None:
         if img.nbytes > self.max_bytes or j in self._items:
             return
-        self._items[j] = (img, size)
+        self._items[j] = (_off_heap_copy(img), size)
         self.nbytes += img.nbytes
         while self.nbytes > self.max_bytes:
             _, (old, _) = self._items.popitem(last=False)
             self.nbytes -= old.nbytes
+
+
+def _off_heap_copy(img: np.ndarray) -> np.ndarray:
+    """``img`` copied into its own anonymous memory map. Long-lived images kept inside the
+    malloc heap make it hand the per-sample working arrays back to the system and fault them
+    in again on every sample (measured: ~600 page faults, ~1 ms per 640 sample)."""
+    if img.nbytes == 0:
+        return img.copy()
+    out = np.frombuffer(mmap.mmap(-1, img.nbytes), img.dtype, img.size).reshape(img.shape)
+    out[...] = img
+    return out
 
 
 class _FirstLoad:

@@ -46,28 +46,22 @@ def is_image_file(path: Path) -> bool:
 
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8 [H, W, 3] with EXIF orientation applied."""
-    p = Path(path)
-    buf = _read_bytes(p)
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ImageReadError(p, "not a decodable image (corrupt or wrong format)")
-    img = _to_rgb8(p, img)
-    return apply_orientation(img, _orientation(io.BytesIO(buf.tobytes())))
+    return read_image_for_size(path, None)[0]
 
 
-def read_image_for_size(path: str | Path, long_side: int) -> tuple[np.ndarray, tuple[int, int]]:
+def read_image_for_size(path: str | Path, long_side: int | None) -> tuple[np.ndarray, tuple[int, int]]:
     """(RGB uint8 image, displayed (height, width) of the original) for use at ``long_side``.
 
     A JPEG whose long side is at least twice ``long_side`` is decoded at 1/2, 1/4 or 1/8
     scale by the decoder itself (DCT scaling costs a fraction of a full decode), never below
-    ``long_side``; the caller still resizes to the exact size. Other images decode as
-    ``read_image``.
+    ``long_side``; the caller still resizes to the exact size. Everything else (and any image
+    when ``long_side`` is None) is decoded at full size, as ``read_image`` does.
     """
     p = Path(path)
     buf = _read_bytes(p)
     orientation, stored = _orientation_and_size(buf)
     factor = 1
-    if stored is not None and buf[:2].tobytes() == b"\xff\xd8":
+    if long_side is not None and stored is not None and buf[:2].tobytes() == b"\xff\xd8":
         while factor < 8 and max(stored) / (2 * factor) >= long_side:
             factor *= 2
     if factor == 1:
@@ -91,8 +85,8 @@ def _orientation_and_size(buf: np.ndarray) -> tuple[int, tuple[int, int] | None]
     try:
         with Image.open(io.BytesIO(buf.tobytes())) as im:
             return _exif_orientation(im), im.size
-    except Exception:  # no or broken header: let the decoder judge the file
-        return 1, None
+    except Exception:  # no or broken header/EXIF: stored orientation is the displayed one,
+        return 1, None  # and the decoder judges the file
 
 
 def _read_bytes(p: Path) -> np.ndarray:
@@ -119,14 +113,6 @@ def _to_rgb8(p: Path, img: np.ndarray) -> np.ndarray:
     if img.shape[2] == 1:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     raise ImageReadError(p, f"unsupported channel count {img.shape[2]}")
-
-
-def _orientation(source) -> int:
-    try:
-        with Image.open(source) as im:
-            return _exif_orientation(im)
-    except Exception:  # no or broken EXIF: the stored orientation is the displayed one
-        return 1
 
 
 def _exif_orientation(im: Image.Image) -> int:

@@ -150,7 +150,7 @@ class Trainer:
             raise ConfigError(f"{self.data.root}: no val (or test) split to validate on")
 
         self.model = self._build_model()
-        recipe = self.model.recipe() if hasattr(self.model, "recipe") else {}
+        recipe = self._model_recipe(cfg.epochs)
         cfg = self.cfg = self._apply_recipe_defaults(cfg, recipe)
         self.model.to(self.device)
 
@@ -212,6 +212,16 @@ class Trainer:
     # settings a family recipe may fill when the user left them alone; sizes of the run
     # (imgsz, batch, epochs) stay the user's: a COCO recipe's 640 px x 160 epochs is no default
     RECIPE_SKIP = frozenset({"imgsz", "batch", "epochs", "model", "data"})
+
+    def _model_recipe(self, epochs: int) -> dict[str, Any]:
+        """The family's defaults; recipes that scale with the run (e.g. D-FINE's no-augmentation
+        tail) are given the epoch count."""
+        fn = getattr(self.model, "recipe", None)
+        if fn is None:
+            return {}
+        import inspect
+
+        return fn(epochs=epochs) if "epochs" in inspect.signature(fn).parameters else fn()
 
     def _apply_recipe_defaults(self, cfg: TrainConfig, recipe: dict[str, Any]) -> TrainConfig:
         fill = {
@@ -447,7 +457,7 @@ class Trainer:
                 self.bad_steps_total += 1
                 LOG.warning(
                     "non-finite loss at epoch %d batch %d (%s): step skipped (%d in a row, %d in total)",
-                    epoch + 1, i, {k: float(v) for k, v in loss_dict.items()}, bad_in_row, self.bad_steps_total,
+                    epoch + 1, i, {k: float(v.detach()) for k, v in loss_dict.items()}, bad_in_row, self.bad_steps_total,
                 )
                 self.optimizer.zero_grad(set_to_none=True)
                 micro = 0

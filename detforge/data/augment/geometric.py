@@ -8,6 +8,7 @@ a mosaic placement and a random affine compose into one matrix and one ``cv2.war
 from __future__ import annotations
 
 import math
+import threading
 
 import cv2
 import numpy as np
@@ -122,7 +123,8 @@ def warp_region_into(
     # BORDER_TRANSPARENT mixes samples that fall outside the source with what the canvas
     # already holds (the padding gray, at a tile edge); one replicated pixel around the region
     # keeps its edge pixels pure, so neighbouring tiles meet without a gray seam
-    crop = cv2.copyMakeBorder(img[y1:y2, x1:x2], 1, 1, 1, 1, cv2.BORDER_REPLICATE)
+    crop = cv2.copyMakeBorder(img[y1:y2, x1:x2], 1, 1, 1, 1, cv2.BORDER_REPLICATE,
+                              dst=_scratch((y2 - y1 + 2, x2 - x1 + 2, img.shape[2]), img.dtype))
     corners = np.array([[x1, y1, 1], [x2, y1, 1], [x2, y2, 1], [x1, y2, 1]], np.float64)
     pts = corners @ m.T
     h, w = canvas.shape[:2]
@@ -140,6 +142,19 @@ def warp_region_into(
         crop, local[:2], (roi.shape[1], roi.shape[0]), dst=roi,
         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT,
     )
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A per-thread reusable buffer for short-lived intermediates: a fresh large array costs
+    page faults on every touch, which on a busy machine outweigh the copy itself."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _SCRATCH.buf = np.empty(max(nbytes, 1 << 20), np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 def flip_lr(img: np.ndarray, targets: Targets) -> tuple[np.ndarray, Targets]:

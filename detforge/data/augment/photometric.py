@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 _LEVELS = np.arange(256, dtype=np.float32)
+STRIP_BYTES = 256 * 1024  # per strip of a multi-pass per-pixel change: fits a core's L2 cache
 
 
 def _to_lut(values: np.ndarray) -> np.ndarray:
@@ -34,10 +35,16 @@ def random_hsv(img: np.ndarray, rng: np.random.Generator, h: float, s: float, v:
     if not gains.any():
         return img
     lut = hsv_lut(*gains)
-    # three single-channel lookups on the planes beat one 3-channel cv2.LUT (its slow path)
-    planes = cv2.split(cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL))
-    hsv = cv2.merge([cv2.LUT(p, np.ascontiguousarray(lut[:, 0, c])) for c, p in enumerate(planes)])
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL, dst=hsv)
+    out = np.empty_like(img)
+    # the three passes run strip by strip, each strip small enough to stay in the CPU cache
+    # (every pass is per pixel, so the result is the same as whole-image passes)
+    rows = max(1, STRIP_BYTES // max(1, img.shape[1] * img.shape[2]))
+    for y in range(0, img.shape[0], rows):
+        strip = out[y:y + rows]
+        cv2.cvtColor(img[y:y + rows], cv2.COLOR_RGB2HSV_FULL, dst=strip)
+        cv2.LUT(strip, lut, dst=strip)
+        cv2.cvtColor(strip, cv2.COLOR_HSV2RGB_FULL, dst=strip)
+    return out
 
 
 def tone_lut(alpha: float = 1.0, beta: float = 0.0, gamma: float = 1.0) -> np.ndarray:
