@@ -49,3 +49,21 @@ def test_every_issue_key_exists():
     nominal_batch recipe""".split()
     missing = [k for k in keys if k not in TrainConfig.model_fields]
     assert not missing
+
+
+def test_auto_batch_on_cpu_uses_the_default(caplog):
+    import logging
+
+    import torch
+
+    from detforge.engine.autobatch import CPU_DEFAULT, auto_batch
+
+    cfg = build_config({"batch": -1})
+    log = logging.getLogger("detforge")  # detforge's logger does not propagate to the root
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="detforge"):
+            assert auto_batch(torch.nn.Linear(1, 1), cfg, torch.device("cpu")) == CPU_DEFAULT == 16
+    finally:
+        log.removeHandler(caplog.handler)
+    assert "auto batch needs CUDA" in caplog.text
