@@ -34,6 +34,7 @@ RAM_CACHE_LIMIT = 0.7  # refuse cache=ram above this share of the available memo
 # process, so mosaic partners drawn again are not decoded again (small sets fit entirely)
 DECODED_LRU_BYTES = 256 * 2**20
 DECODED_LRU_MEMORY_SHARE = 0.05  # and never more than this share of the available memory
+OFF_HEAP_MIN_BYTES = 256 * 1024  # kept images this large get their own memory map (<= 1024 maps)
 
 
 class CacheError(RuntimeError):
@@ -387,8 +388,8 @@ def _off_heap_copy(img: np.ndarray) -> np.ndarray:
     """``img`` copied into its own anonymous memory map. Long-lived images kept inside the
     malloc heap make it hand the per-sample working arrays back to the system and fault them
     in again on every sample (measured: ~600 page faults, ~1 ms per 640 sample)."""
-    if img.nbytes == 0:
-        return img.copy()
+    if img.nbytes < OFF_HEAP_MIN_BYTES:  # small images: the heap copes, and maps are a finite resource
+        return img
     out = np.frombuffer(mmap.mmap(-1, img.nbytes), img.dtype, img.size).reshape(img.shape)
     out[...] = img
     return out
