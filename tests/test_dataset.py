@@ -349,3 +349,40 @@ def test_bccd_train_batch(bccd_root, tmp_path):
         assert len(b) > 0 and (b >= 0).all() and (b <= 160).all()
         assert ((b[:, 2] - b[:, 0]) >= cfg.min_box_size).all()
     assert save_batch_preview(images, targets, ["RBC", "WBC", "Platelets"], tmp_path / "p.png").is_file()
+
+
+def test_decoded_image_store_does_not_change_samples(tiny_samples):
+    """The store of recently decoded images (mosaic partners) is a cache only: with it, without
+    it and with cache=ram, every training item over two epochs is identical."""
+    cfg = _cfg(mosaic=1.0, mixup=0.5)
+    with_store = DetectionDataset(tiny_samples, cfg, train=True)
+    assert with_store._recent is not None
+    without = DetectionDataset(tiny_samples, cfg, train=True)
+    without._recent = None
+    ram = DetectionDataset(tiny_samples, cfg, train=True, cache="ram")
+    for epoch in (0, 1):
+        for i in range(len(tiny_samples)):
+            a = with_store[(epoch, i)]
+            _equal_items(a[:2], without[(epoch, i)][:2])
+            _equal_items(a[:2], ram[(epoch, i)][:2])
+
+
+def test_reduced_jpeg_decode_keeps_orientation_and_original_size(tmp_path):
+    import cv2
+    from PIL import Image
+
+    from detforge.data.image_io import read_image_for_size
+
+    path = tmp_path / "big.jpg"
+    pixels = np.zeros((1400, 2600, 3), np.uint8)
+    pixels[:, :1300] = (255, 0, 0)  # left half red as stored; EXIF 6 turns it to the top half
+    img = Image.fromarray(pixels)
+    exif = img.getexif()
+    exif[0x0112] = 6
+    img.save(path, exif=exif, quality=95)
+    small, orig = read_image_for_size(path, 640)
+    assert orig == (2600, 1400)  # displayed (h, w) of the original
+    assert small.shape[:2] == (650, 350)  # 1/4 scale, never below the asked long side
+    assert small[:300, :, 0].mean() > 200 and small[-300:, :, 0].mean() < 50
+    full = cv2.resize(read_image_for_size(path, None)[0], (350, 650), interpolation=cv2.INTER_AREA)
+    assert np.abs(full.astype(int) - small.astype(int)).mean() < 8
