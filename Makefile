@@ -30,8 +30,10 @@ DEMO_ARGS ?= model=dfine-n imgsz=256 epochs=12 batch=8 workers=1
 demo: install
 	$(BIN)/detforge train name=demo exist_ok=true $(DEMO_ARGS)
 
+TEST_THREADS ?= 2
+
 test: install-test
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=$(TEST_THREADS) $(BIN)/python -m pytest -q tests
 
 clean:
 	rm -rf $(VENV) runs
