@@ -55,11 +55,12 @@ class Detector:
     def train(self, **overrides: Any) -> dict[str, Any]:
         from detforge.engine.trainer import Trainer
 
+        cfg_file = overrides.pop("cfg", None)
         args = {"model": self.source}
         if self.pretrained:
             args["pretrained"] = self.pretrained
         args.update(overrides)
-        cfg = build_config(args, cfg_file=overrides.pop("cfg", None))
+        cfg = build_config(args, cfg_file=cfg_file)
         trainer = Trainer(cfg)
         metrics = trainer.train()
         best = Path(metrics["save_dir"]) / "weights" / "best.pt"
@@ -78,8 +79,9 @@ class Detector:
         from detforge.data.loader import build_dataloader
         from detforge.engine.validator import evaluate
 
+        cfg_file = overrides.pop("cfg", None)
         args = {**self._settings(), "model": self.source, **overrides}
-        cfg = build_config(args)
+        cfg = build_config(args, cfg_file=cfg_file)
         device = select_device(cfg.device)
         data = load_dataset(cfg.data)
         samples = data.splits.get(cfg.split) or []
@@ -91,7 +93,9 @@ class Detector:
         loader = build_dataloader(dataset, max(1, int(cfg.batch if cfg.batch >= 1 else 16)), train=False,
                                   workers=cfg.workers, seed=cfg.seed)
         self.model.to(device)
-        amp = torch.float16 if (cfg.amp and device.type == "cuda") else None
+        amp = None
+        if cfg.amp and device.type == "cuda":
+            amp = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
         metrics, evaluator, _ = evaluate(self.model, loader, self.names, cfg.conf, cfg.iou_thr, device, amp, cfg.max_det)
         from detforge.eval.evaluator import fitness
 
@@ -110,16 +114,22 @@ class Detector:
         return metrics
 
     # ---------------------------------------------------------------- deployment
-    def predictor(self, conf: float = 0.25, imgsz: int | None = None, device: str = "auto"):
+    def predictor(self, conf: float | list[float] | None = None, imgsz: int | None = None, device: str = "auto"):
+        """``conf=None``: the thresholds chosen at the end of training (per class), else 0.25."""
         from detforge.infer.predictor import Predictor
 
         s = self._settings()
+        if conf is None and self.ckpt is not None:
+            from detforge.export.metadata import checkpoint_conf
+
+            conf = checkpoint_conf(self.ckpt)
+        conf = 0.25 if conf is None else conf
         return Predictor.from_model(
             self.model, self.names, imgsz=imgsz or s.get("imgsz", 640),
             resize_mode=s.get("resize_mode", "stretch"), conf=conf, device=device,
         )
 
-    def predict(self, source, conf: float = 0.25, imgsz: int | None = None):
+    def predict(self, source, conf: float | list[float] | None = None, imgsz: int | None = None):
         return self.predictor(conf=conf, imgsz=imgsz).predict(source)
 
     def export(self, format: str = "onnx", **kw: Any) -> Path:
@@ -131,7 +141,9 @@ class Detector:
         if self.ckpt is not None:
             from detforge.export.metadata import checkpoint_conf
 
-            kw.setdefault("conf", checkpoint_conf(self.ckpt))
+            stored = checkpoint_conf(self.ckpt)
+            if stored is not None:
+                kw.setdefault("conf", stored)
         out = kw.pop("out", None) or (Path(self.source).with_suffix("") if self.source.endswith(".pt") else Path(self.source))
         return export_model(self.model, self.names, format=format, out=out, **kw)
 

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable
 
 from detforge.config import FIELDS, ConfigError, build_config, closest_key, parse_overrides
+from detforge.errors import NonFiniteLossError
 
 LOG = logging.getLogger("detforge")
 
@@ -32,18 +33,26 @@ def _split(argv: list[str]) -> tuple[dict[str, Any], str | None]:
     return overrides, cfg_file
 
 
+def _given(overrides: dict[str, Any], cfg_file: str | None) -> set[str]:
+    """Keys the user set, on the command line or in the cfg file (the rest may come from a
+    checkpoint's own settings)."""
+    from detforge.config import load_yaml
+
+    return set(overrides) | (set(load_yaml(cfg_file)) if cfg_file else set())
+
+
 def cmd_train(argv: list[str]) -> int:
     from detforge.engine.trainer import Trainer
 
     overrides, cfg_file = _split(argv)
-    devices = str(overrides.get("device", ""))
-    if "," in devices:
+    cfg = build_config(overrides, cfg_file=cfg_file)
+    if "," in cfg.device:  # from the command line or the cfg file
         from detforge.engine.launch import maybe_launch_torchrun
 
-        code = maybe_launch_torchrun(["train", *argv], devices)
+        args = [a for a in argv if not a.startswith("device=")] + [f"device={cfg.device}"]
+        code = maybe_launch_torchrun(["train", *args], cfg.device)
         if code is not None:
             return code
-    cfg = build_config(overrides, cfg_file=cfg_file)
     Trainer(cfg).train()
     return 0
 
@@ -68,14 +77,14 @@ def cmd_predict(argv: list[str]) -> int:
     from detforge.infer.commands import predict_command
 
     overrides, cfg_file = _split(argv)
-    return predict_command(build_config(overrides, cfg_file=cfg_file), set(overrides))
+    return predict_command(build_config(overrides, cfg_file=cfg_file), _given(overrides, cfg_file))
 
 
 def cmd_export(argv: list[str]) -> int:
     from detforge.export.commands import export_command
 
     overrides, cfg_file = _split(argv)
-    return export_command(build_config(overrides, cfg_file=cfg_file), set(overrides))
+    return export_command(build_config(overrides, cfg_file=cfg_file), _given(overrides, cfg_file))
 
 
 def cmd_eval(argv: list[str]) -> int:
@@ -160,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"detforge {command}: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError) as e:  # bad inputs: CheckpointError, DatasetError, ...
+        print(f"detforge {command}: {e}", file=sys.stderr)
+        return 1
+    except NonFiniteLossError as e:
         print(f"detforge {command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -152,6 +152,13 @@ class TrainConfig(BaseModel):
     plots: bool = True
     verbose: bool = True
 
+    @field_validator("model", "data", "pretrained", "project", "name", "device", "source", "save_dir",
+                     "gt", "pred", "backend", mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        # name=2024 or source=0 arrive as numbers from YAML parsing: they are names here
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
     @field_validator("batch")
     @classmethod
     def _batch(cls, v: float) -> float:
@@ -219,8 +226,8 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             parsed = yaml.safe_load(value) if value != "" else None
         except yaml.YAMLError:
             parsed = value
-        if isinstance(parsed, dict):  # "a: b" is not a mapping on the command line
-            parsed = value
+        if isinstance(parsed, dict) or not isinstance(parsed, (str, int, float, bool, list, type(None))):
+            parsed = value  # "a: b" or a date: keep the text as typed
         elif isinstance(parsed, str):
             try:  # YAML 1.1 reads 1e-3 as a string
                 parsed = float(parsed) if any(c.isdigit() for c in parsed) and "," not in parsed else parsed

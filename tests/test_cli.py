@@ -79,3 +79,21 @@ def test_eval_command_on_perfect_predictions(tmp_path, capsys):
     for key in ["map50_95", "map50", "precision", "recall", "f1", "iou"]:
         assert m[key] == pytest.approx(1.0), key
     assert "mAP50-95 1.0000" in capsys.readouterr().out
+
+
+def test_user_errors_are_one_line_not_tracebacks(tmp_path, capsys):
+    assert main(["val", f"model={tmp_path / 'missing.pt'}"]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
+    plain = tmp_path / "plain.pt"
+    import torch
+
+    torch.save({"w": torch.zeros(1)}, plain)
+    assert main(["val", f"model={plain}"]) == 1
+    assert "not a detforge checkpoint" in capsys.readouterr().err
+
+
+def test_numbers_and_dates_are_names_where_names_are_expected():
+    from detforge.config import build_config, parse_overrides
+
+    cfg = build_config(parse_overrides(["name=2024", "source=0", "data=2024-05-01", "project=7"]))
+    assert (cfg.name, cfg.source, cfg.data, cfg.project) == ("2024", "0", "2024-05-01", "7")

@@ -76,7 +76,7 @@ def test_resume_after_sigkill_matches_uninterrupted(synthetic_root, tmp_path, ev
     # float summation order, and this test compares exact numbers
     full = subprocess.run([sys.executable, "-m", "detforge", "train", *args, f"project={tmp_path}", "name=full"])
     assert full.returncode == 0
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import os, signal, sys
         from detforge.engine.trainer import Trainer
         real = Trainer._optimizer_step

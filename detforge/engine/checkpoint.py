@@ -23,7 +23,7 @@ LOG = logging.getLogger("detforge")
 FORMAT = "detforge-checkpoint-v1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     pass
 
 

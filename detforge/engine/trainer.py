@@ -41,6 +41,7 @@ from detforge.engine.optim import apply_recipe, build_optimizer
 from detforge.engine.schedule import LRSchedule
 from detforge.engine.sharding import build_eval_loader
 from detforge.engine.validator import evaluate
+from detforge.errors import NonFiniteLossError
 from detforge.eval.evaluator import fitness as fitness_of
 from detforge.models.zoo import build_model
 from detforge.utils.runtime import add_file_log, increment_path, memory_used, seed_everything, select_device, setup_logging
@@ -63,8 +64,6 @@ def group_losses(losses: dict[str, float]) -> dict[str, float]:
     return out
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def resolve_resume(cfg: TrainConfig) -> Path | None:
@@ -87,10 +86,7 @@ class Trainer:
         self.resume_ckpt: dict[str, Any] | None = None
         if self.resume_from is not None:
             self.resume_ckpt = load_checkpoint(self.resume_from)
-            keep = {"device": cfg.device, "workers": cfg.workers, "resume": cfg.resume}
-            if cfg.epochs != TrainConfig.model_fields["epochs"].default:
-                keep["epochs"] = cfg.epochs  # allow extending a finished run
-            cfg = TrainConfig(**{**self.resume_ckpt["config"], **keep})
+            cfg = self._resume_config(cfg, self.resume_ckpt["config"])
         if cfg.recipe == "cooldet":
             cfg = apply_recipe(cfg, keep=frozenset(cfg.model_fields_set - {"recipe"}))
         self.cfg = cfg
@@ -110,6 +106,27 @@ class Trainer:
         self.bad_steps_total = 0
 
     # ------------------------------------------------------------------ set-up
+    RESUME_OVERRIDABLE = frozenset({"device", "workers", "resume", "epochs", "verbose", "plots", "logger",
+                                    "checkpoint_every", "checkpoint_minutes"})
+
+    def _resume_config(self, given: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
+        """The saved run's config, with the few settings a resume may change (device, workers,
+        a longer ``epochs``, logging); other keys given now are ignored, and said so."""
+        known = {k: v for k, v in saved.items() if k in TrainConfig.model_fields}
+        dropped = sorted(set(saved) - set(known))
+        if dropped:
+            LOG.warning("resume: the checkpoint's config has keys this version does not know, ignored: %s", dropped)
+        asked = given.model_fields_set - {"resume"}
+        ignored = sorted(k for k in asked - self.RESUME_OVERRIDABLE if getattr(given, k) != known.get(k))
+        if ignored:
+            LOG.warning("resume: continuing the saved run's settings; ignored %s (start a new run to change them)",
+                        ", ".join(f"{k}={getattr(given, k)}" for k in ignored))
+        keep = {k: getattr(given, k) for k in (asked & self.RESUME_OVERRIDABLE) | {"resume"}}
+        try:
+            return TrainConfig(**{**known, **keep})
+        except ValueError as e:
+            raise ConfigError(f"resume: the saved config no longer validates: {e}") from None
+
     def _run_dir(self) -> Path:
         if self.resume_from is not None:
             return self.resume_from.parent.parent
@@ -143,7 +160,11 @@ class Trainer:
                 cfg.data or "<built-in>",
             )
         train_samples = self.data.splits.get("train") or []
-        val_samples = self.data.splits.get("val") or self.data.splits.get("test") or []
+        val_samples = self.data.splits.get("val") or []
+        if not val_samples and self.data.splits.get("test"):
+            LOG.warning("%s has no val split: validating on the test split (best.pt is then chosen on test; "
+                        "make a val split to keep test unseen)", self.data.root)
+            val_samples = self.data.splits["test"]
         if not train_samples:
             raise ConfigError(f"{self.data.root}: the train split has no usable images")
         if not val_samples:
@@ -166,7 +187,11 @@ class Trainer:
         self.val_loader = build_eval_loader(
             self.val_set, per_rank * 2, cfg.workers, rank=self.dist.rank, world_size=self.dist.world_size,
         )
-        self.iters_per_epoch = max(1, math.ceil(len(self.train_loader) / cfg.accumulate))
+        # sized on every training image: with ignore_background_epochs the first epochs are
+        # shorter, and the schedule must still span the whole run
+        world = self.dist.world_size if self.dist.enabled else 1
+        batches = math.ceil(math.ceil(len(self.train_set.samples) / world) / per_rank)
+        self.iters_per_epoch = max(1, math.ceil(batches / cfg.accumulate))
         cfg = self.cfg = self._fit_warmup(cfg)
 
         self.optimizer, opt_info = build_optimizer(
@@ -270,6 +295,9 @@ class Trainer:
         num_classes = len(self.names)
         if cfg.model.endswith(".pt"):
             ckpt = load_checkpoint(cfg.model)
+            if "model_name" not in ckpt:
+                raise ConfigError(f"model={cfg.model} is not a detforge checkpoint; to start from other weights "
+                                  "give a model name and pretrained=PATH (e.g. model=dfine-s pretrained=PATH)")
             model = build_model(ckpt["model_name"], num_classes, **self._model_options(ckpt["model_name"]))
             from detforge.engine.checkpoint import find_state_dict, load_matching
 
@@ -281,13 +309,21 @@ class Trainer:
         return model
 
     def _resolve_batch(self) -> int:
+        """The global batch. batch=-1 / 0.7 probe what fits one device (rank 0 probes, every
+        rank uses its answer), so the global batch is that times the world size."""
         b = self.cfg.batch
         if b >= 1:
             return int(b)
         from detforge.engine.autobatch import auto_batch
 
         fraction = 0.6 if b == -1 else float(b)
-        return auto_batch(self.model, self.cfg, self.device, fraction=fraction)
+        per_device = None
+        if self.is_main:
+            saved = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            per_device = auto_batch(self.model, self.cfg, self.device, fraction=fraction)
+            self.model.load_state_dict(saved)  # the trial steps must not move BatchNorm statistics
+        per_device = int(dist_utils.broadcast_object(per_device))
+        return per_device * self.dist.world_size
 
     def _wrap_distributed(self, model: torch.nn.Module) -> torch.nn.Module:
         # distributed: ddp / zero1 / fsdp wrapping; the optimizer becomes ZeRO's or is rebuilt
@@ -565,11 +601,11 @@ class Trainer:
                     self._log_epoch(epoch, losses, metrics, time.time() - t0)
                     payload = self._payload(epoch, metrics, state)
                     save_checkpoint(payload, self.weights_dir / "last.pt")
-                    self._last_save = time.time()
                     if improved:
                         save_checkpoint(payload, self.weights_dir / "best.pt")
                     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
                         save_checkpoint(payload, self.weights_dir / f"epoch{epoch + 1}.pt")
+                self._last_save = time.time()  # on every rank: the mid-epoch decision is collective
                 if cfg.patience and metrics and epoch - self.best_epoch >= cfg.patience:
                     LOG.info(
                         "early stop: no fitness gain for %d epochs (best %.4f at epoch %d)",
@@ -660,7 +696,9 @@ class Trainer:
         from detforge.engine.validator import predict_loader
         from detforge.eval import plots
 
-        model = self.ema.module if self.ema else self.model
+        # rank 0 alone: never the sharded FSDP module (its forward is a collective); the eval
+        # copy already holds the best weights from the last validate()
+        model = self.ema.module if self.ema else (self.eval_copy if self.eval_copy is not None else self.model)
         images, gts, dets = [], [], []
         for meta, det in predict_loader(model, self.val_loader, self.device, self.amp_dtype, self.cfg.max_det, show=False):
             s = self.val_set.samples[int(meta["index"])]

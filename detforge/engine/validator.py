@@ -2,9 +2,9 @@
 
 Predictions are mapped back to original-image pixels (undoing resize/letterbox) and compared
 with the boxes as read from disk, so the numbers do not depend on the input size or resize
-mode. Under DDP each rank predicts its shard; the evaluator states are gathered on every
-rank, merged in image order and scored once, so all ranks hold the same metrics and they
-equal a single-process evaluation."""
+mode. Under DDP each rank predicts its shard; the predictions are gathered on rank 0,
+merged in image order and scored once there, and the metrics are broadcast, so every rank
+holds the same numbers and they equal a single-process evaluation."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def select_device(device: str | None, local_rank: int | None = None) -> torch.de
     if d == "mps":
         return torch.device("mps")
     if not torch.cuda.is_available():
-        raise RuntimeError(f"device={device} asks for CUDA, but torch.cuda.is_available() is False; use device=cpu")
+        raise ValueError(f"device={device} asks for CUDA, but torch.cuda.is_available() is False; use device=cpu")
     if local_rank is not None:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
@@ -53,7 +53,7 @@ def select_device(device: str | None, local_rank: int | None = None) -> torch.de
         return torch.device("cuda", torch.cuda.current_device())
     first = int(d.split(",")[0])
     if first >= torch.cuda.device_count():
-        raise RuntimeError(f"device={device}: only {torch.cuda.device_count()} CUDA devices visible")
+        raise ValueError(f"device={device}: only {torch.cuda.device_count()} CUDA devices visible")
     torch.cuda.set_device(first)
     return torch.device("cuda", first)
 

@@ -1,0 +1,5 @@
+"""Errors a user can act on, shared by the engine and the command line."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss kept coming out NaN/inf: the run stops with advice instead of training on."""
