@@ -353,6 +353,8 @@ class Trainer:
         }
         if parallel.is_fsdp(self.train_model):
             parallel.save_sharded(self.train_model, self.optimizer, epoch_dir)
+        # each rank's RNG streams (dropout, denoising noise): a resume restores every rank's own
+        state["rng"] = dist_utils.all_gather_object(rng_state())
         return state
 
     def _tensorboard(self):
@@ -393,7 +395,8 @@ class Trainer:
             "imgsz": self.cfg.imgsz,
             "resize_mode": self.cfg.resize_mode,
             "conf": self.cfg.conf,
-            "rng": rng_state(),
+            "rng": state["rng"][0],
+            "rng_per_rank": state["rng"],
         }
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
@@ -413,14 +416,23 @@ class Trainer:
         self.best_epoch = int(ckpt.get("best_epoch", -1))
         self.history = list(ckpt.get("history", []))
         self.bad_steps_total = int(ckpt.get("bad_steps_total", 0))
-        set_rng_state(ckpt["rng"])
+        rng = self._own_rng(ckpt)
+        set_rng_state(rng)
         self.resume_progress = ckpt.get("epoch_progress")
         if self.resume_progress:
-            self.resume_progress["rng"] = ckpt["rng"]
+            self.resume_progress["rng"] = rng
             LOG.info("resumed from %s in epoch %d at batch %d", self.resume_from, self.start_epoch + 1,
                      self.resume_progress["batch"])
         else:
             LOG.info("resumed from %s at epoch %d", self.resume_from, self.start_epoch + 1)
+
+    def _own_rng(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+        if len(per_rank) == self.dist.world_size:
+            return per_rank[self.dist.rank]
+        LOG.warning("resume: saved with %d processes, now %d: RNG streams restart from rank 0's "
+                    "(the run continues, but not bit-identically)", len(per_rank), self.dist.world_size)
+        return per_rank[0]
 
     # ------------------------------------------------------------------ loop
     def _targets_to_device(self, targets):
