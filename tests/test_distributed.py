@@ -308,8 +308,9 @@ def test_trainer_fsdp_resumes_from_distributed_checkpoint(ranks):
     from detforge.engine.checkpoint import load_checkpoint
 
     run = Path(ranks[0]["fsdp_resumed_dir"])
-    assert run.name == "fsdp" and (run / "weights" / "last_dcp" / ".metadata").is_file()
     ckpt = load_checkpoint(run / "weights" / "last.pt")
+    assert run.name == "fsdp" and (run / "weights" / ckpt["dcp_dir"] / ".metadata").is_file()
+    assert [d.name for d in (run / "weights").glob("last_dcp_*")] == [ckpt["dcp_dir"]]  # older ones pruned
     assert ckpt["optimizer"] is None and ckpt["epoch"] == 1 and len(ckpt["history"]) == 2
     epoch1 = ranks[0]["fsdp_epoch1_model"]
     assert epoch1.keys() == ckpt["model"].keys()

@@ -344,6 +344,18 @@ class Trainer:
         self.eval_copy.load_state_dict(parallel.model_state_dict(self.model, all_ranks=True))
         return self.eval_copy
 
+    def _dcp_dir(self) -> Path:
+        """FSDP's sharded state goes to a new folder per save, named in last.pt, so a kill
+        between the two writes leaves last.pt pointing at the complete older folder."""
+        return self.weights_dir / f"last_dcp_{self.iteration}"
+
+    def _prune_dcp(self, keep: str | None) -> None:
+        import shutil
+
+        for d in self.weights_dir.glob("last_dcp_*"):
+            if d.name != keep:
+                shutil.rmtree(d, ignore_errors=True)
+
     def _gather_state(self, epoch_dir: Path) -> dict[str, Any]:
         """Model and optimizer state for checkpoints; every rank calls it (ZeRO consolidates on
         rank 0; FSDP gathers the weights on rank 0 and writes its sharded state to ``epoch_dir``)."""
@@ -353,6 +365,7 @@ class Trainer:
         }
         if parallel.is_fsdp(self.train_model):
             parallel.save_sharded(self.train_model, self.optimizer, epoch_dir)
+            state["dcp_dir"] = epoch_dir.name
         # each rank's RNG streams (dropout, denoising noise): a resume restores every rank's own
         state["rng"] = dist_utils.all_gather_object(rng_state())
         return state
@@ -381,7 +394,8 @@ class Trainer:
             "model": state["model"],
             "ema": self.ema.module.state_dict() if self.ema else None,
             "ema_updates": self.ema.updates if self.ema else 0,
-            "optimizer": state["optimizer"],  # None under fsdp: see last_dcp/
+            "optimizer": state["optimizer"],  # None under fsdp: see dcp_dir
+            "dcp_dir": state.get("dcp_dir"),
             "scaler": self.scaler.state_dict(),
             "schedule": self.schedule.state_dict(),
             "epoch": epoch,
@@ -405,7 +419,8 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["ema"])
             self.ema.updates = int(ckpt.get("ema_updates", 0))
         if ckpt["optimizer"] is None:  # parallel=fsdp: sharded state beside last.pt
-            parallel.load_sharded(self.model, self.optimizer, self.resume_from.with_name(self.resume_from.stem + "_dcp"))
+            parallel.load_sharded(self.model, self.optimizer,
+                                  self.resume_from.parent / (ckpt.get("dcp_dir") or self.resume_from.stem + "_dcp"))
         else:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -544,10 +559,12 @@ class Trainer:
             due = True
         if not dist_utils.any_rank(due, self.device):
             return
-        state = self._gather_state(self.weights_dir / "last_dcp")
+        state = self._gather_state(self._dcp_dir())
         if self.is_main:
             progress = {"batch": next_batch, "sums": dict(sums)}
             save_checkpoint(self._payload(epoch - 1, {}, state, progress), self.weights_dir / "last.pt")
+            if state.get("dcp_dir"):
+                self._prune_dcp(keep=state["dcp_dir"])
         self._last_save = time.time()
 
     def validate(self) -> tuple[dict[str, Any], Any]:
@@ -608,11 +625,13 @@ class Trainer:
                 improved = bool(metrics) and metrics["fitness"] > self.best_fitness
                 if improved:
                     self.best_fitness, self.best_epoch = metrics["fitness"], epoch
-                state = self._gather_state(self.weights_dir / "last_dcp")  # collective: every rank
+                state = self._gather_state(self._dcp_dir())  # collective: every rank
                 if self.is_main:
                     self._log_epoch(epoch, losses, metrics, time.time() - t0)
                     payload = self._payload(epoch, metrics, state)
                     save_checkpoint(payload, self.weights_dir / "last.pt")
+                    if state.get("dcp_dir"):
+                        self._prune_dcp(keep=state["dcp_dir"])
                     if improved:
                         save_checkpoint(payload, self.weights_dir / "best.pt")
                     if cfg.save_period and (epoch + 1) % cfg.save_period == 0:
