@@ -19,8 +19,7 @@ from typing import Any
 import torch
 
 from detforge.config import TrainConfig, build_config
-from detforge.engine.checkpoint import load_detector_checkpoint, load_pretrained
-from detforge.models.zoo import build_model
+from detforge.engine.checkpoint import build_with_weights, load_detector_checkpoint
 from detforge.utils.runtime import increment_path, select_device, setup_logging
 
 LOG = logging.getLogger("detforge")
@@ -45,10 +44,9 @@ class Detector:
                 raise ValueError(f"{model} was trained for {self.model.num_classes} classes, not {num_classes}")
         else:
             k = num_classes or (len(names) if names else 80)
-            self.model = build_model(self.source, k)
+            self.model = build_with_weights(self.source, k, pretrained)
             self.names = list(names) if names else [str(i) for i in range(k)]
-            if pretrained:
-                self.pretrained_report = load_pretrained(self.model, pretrained)
+            self.pretrained_report = getattr(self.model, "load_report", None)
         self.num_classes = self.model.num_classes
 
     # ---------------------------------------------------------------- training

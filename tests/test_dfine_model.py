@@ -300,3 +300,19 @@ def test_official_checkpoint_errors(tmp_path):
     path, _ = _official_file(tmp_path, "n", 80)
     with pytest.raises(ValueError, match="another D-FINE size"):
         DFine("s", 80, pretrained=str(path))
+
+
+def test_pretrained_through_the_api_uses_the_official_loader(tmp_path):
+    """Detector / trainer `pretrained=` go through D-FINE's own loader: class heads skipped and
+    reported, and the recipe switches to the official fine-tuning backbone lr."""
+    from detforge.api import Detector
+
+    path = tmp_path / "dfine_n_coco.pth"
+    torch.save({"model": DFine("n", num_classes=80).state_dict()}, path)
+    det = Detector("dfine-n", num_classes=3, pretrained=str(path))
+    report = det.pretrained_report
+    assert report["source"] == "model" and report["skipped"]
+    assert all(k.startswith(("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.denoising_class_embed."))
+               for k in report["skipped"])
+    assert det.model.recipe(epochs=10)["backbone_lr_mult"] == pytest.approx(0.5)
+    assert DFine("n", num_classes=3).recipe(epochs=10)["backbone_lr_mult"] == 1.0

@@ -168,6 +168,23 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str 
     return report
 
 
+def build_with_weights(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
+    """Build a model and start it from ``pretrained``. A family that loads its own official
+    files (its constructor takes ``pretrained``, as D-FINE's does: it refuses a file of another
+    size, freezes what the official config freezes over pretrained weights, and its recipe
+    switches to the fine-tuning backbone lr) is given the path; others get ``load_pretrained``."""
+    import inspect
+
+    from detforge.models.zoo import build_model, get_spec
+
+    if pretrained and "pretrained" in inspect.signature(get_spec(name).build).parameters:
+        return build_model(name, num_classes, pretrained=pretrained, **kwargs)
+    model = build_model(name, num_classes, **kwargs)
+    if pretrained:
+        model.load_report = load_pretrained(model, pretrained)
+    return model
+
+
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
     obj = load_checkpoint(path)
     return load_matching(model, find_state_dict(obj), source=str(path))

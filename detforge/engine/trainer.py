@@ -30,6 +30,7 @@ from detforge.engine import distributed as dist_utils
 from detforge.engine import parallel
 from detforge.engine.checkpoint import (
     FORMAT,
+    build_with_weights,
     load_checkpoint,
     load_pretrained,
     rng_state,
@@ -302,11 +303,10 @@ class Trainer:
             from detforge.engine.checkpoint import find_state_dict, load_matching
 
             load_matching(model, find_state_dict(ckpt), source=cfg.model)
-        else:
-            model = build_model(cfg.model, num_classes, **self._model_options(cfg.model))
-        if cfg.pretrained:
-            load_pretrained(model, cfg.pretrained)
-        return model
+            if cfg.pretrained:
+                load_pretrained(model, cfg.pretrained)
+            return model
+        return build_with_weights(cfg.model, num_classes, cfg.pretrained, **self._model_options(cfg.model))
 
     def _resolve_batch(self) -> int:
         """The global batch. batch=-1 / 0.7 probe what fits one device (rank 0 probes, every
