@@ -8,6 +8,11 @@ workers: samples/s per core). Rounds alternate between the two so load drift hit
 the table reports the median over rounds. Ultralytics reads YOLO labels, written here
 into a temporary copy of the split (images are symlinked, never copied).
 
+detforge runs as in its loader workers (glibc told to keep freed memory, see
+``detforge.data.loader.retain_freed_memory``), with its default colour jitter (one YIQ
+matrix) and with ``hsv_mode=opencv`` (the HSV round trip Ultralytics uses); Ultralytics runs
+as shipped and with the same glibc setting, so each effect can be read off separately.
+
 Caching differs by design: Ultralytics keeps the last 8 x batch decoded images in RAM and
 draws most mosaic partners from them, so once warm it decodes ~1 image per sample; detforge
 with cache=false decodes all 4 mosaic tiles, with cache=ram none. Both detforge modes run.
@@ -38,10 +43,12 @@ cv2.setNumThreads(1); torch.set_num_threads(1)
 from detforge.config import build_config
 from detforge.data.dataset import DetectionDataset
 from detforge.data.formats import load_dataset
-data, imgsz, n, warmup, cache = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+from detforge.data.loader import retain_freed_memory
+retain_freed_memory()  # as detforge's loader workers do
+data, imgsz, n, warmup, cache, hsv_mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 cfg = build_config({"data": data, "imgsz": imgsz, "mosaic": 1.0, "mixup": 0.0, "translate": 0.1, "scale": 0.5,
                     "hsv_h": 0.015, "hsv_s": 0.7, "hsv_v": 0.4, "fliplr": 0.5, "degrees": 0.0, "shear": 0.0,
-                    "cache": cache, "close_mosaic": 0, "epochs": 100})
+                    "cache": cache, "close_mosaic": 0, "epochs": 100, "hsv_mode": hsv_mode})
 ds = DetectionDataset(load_dataset(cfg.data).splits["train"], cfg, train=True, cache=cfg.cache)
 for i in range(warmup):
     ds[i % len(ds)]
@@ -52,8 +59,10 @@ print(json.dumps({"samples_per_s": n / (time.perf_counter() - start), "shape": l
 """
 
 ULTRALYTICS_RUN = """
-import json, sys, time
+import ctypes, json, os, sys, time
 import cv2, torch
+if os.environ.get("RETAIN_FREED_MEMORY"):  # the same glibc setting as detforge's workers
+    libc = ctypes.CDLL("libc.so.6"); libc.mallopt(-3, 32 << 20); libc.mallopt(-1, 256 << 20)
 cv2.setNumThreads(1); torch.set_num_threads(1)
 from ultralytics.cfg import get_cfg
 from ultralytics.data.build import build_yolo_dataset
@@ -92,8 +101,8 @@ def yolo_copy(data: str, out: Path) -> tuple[Path, list[str]]:
     return images, list(dataset.names)
 
 
-def run(cmd: list[str]) -> dict:
-    env = {**os.environ, **ONE_CORE}
+def run(cmd: list[str], extra_env: dict | None = None) -> dict:
+    env = {**os.environ, **ONE_CORE, **(extra_env or {})}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed:\n{out.stderr[-3000:]}")
@@ -112,15 +121,19 @@ def main() -> None:
     args = parser.parse_args()
     peers = ensure_peers(args.peers)
     images, names = yolo_copy(args.data, args.work)
-    results: dict[str, list[float]] = {"detforge cache=false": [], "detforge cache=ram": [], "ultralytics": []}
+    detforge_arms = [("false", "matrix"), ("ram", "matrix"), ("false", "opencv")]
+    results: dict[str, list[float]] = {f"detforge cache={c} hsv_mode={h}": [] for c, h in detforge_arms}
+    results.update({"ultralytics": [], "ultralytics, freed memory retained": []})
     load = os.getloadavg()[0]
     for _ in range(args.rounds):
-        for cache in ("false", "ram"):
-            d = run([sys.executable, "-c", DETFORGE_RUN, args.data, str(args.imgsz), str(args.samples), str(args.warmup), cache])
-            results[f"detforge cache={cache}"].append(d["samples_per_s"])
-        u = run([str(peers), "-c", ULTRALYTICS_RUN, str(images), json.dumps(names), str(args.imgsz), str(args.samples),
-                 str(args.warmup)])
-        results["ultralytics"].append(u["samples_per_s"])
+        for cache, hsv_mode in detforge_arms:
+            d = run([sys.executable, "-c", DETFORGE_RUN, args.data, str(args.imgsz), str(args.samples), str(args.warmup),
+                     cache, hsv_mode])
+            results[f"detforge cache={cache} hsv_mode={hsv_mode}"].append(d["samples_per_s"])
+        for name, extra in (("ultralytics", {}), ("ultralytics, freed memory retained", {"RETAIN_FREED_MEMORY": "1"})):
+            u = run([str(peers), "-c", ULTRALYTICS_RUN, str(images), json.dumps(names), str(args.imgsz), str(args.samples),
+                     str(args.warmup)], extra)
+            results[name].append(u["samples_per_s"])
         print("round: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in results.items()))
     import statistics
 
@@ -129,8 +142,9 @@ def main() -> None:
     print("|---|---:|---|")
     for k, v in results.items():
         print(f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in v)} |")
-    for cache in ("false", "ram"):
-        print(f"detforge cache={cache} / ultralytics = {med[f'detforge cache={cache}'] / med['ultralytics']:.2f}x per core")
+    for cache, hsv_mode in detforge_arms:
+        name = f"detforge cache={cache} hsv_mode={hsv_mode}"
+        print(f"{name} / ultralytics = {med[name] / med['ultralytics']:.2f}x per core")
     print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": load,
                       "load_after": os.getloadavg()[0], "median": med, "rounds": results}))
 

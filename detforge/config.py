@@ -111,6 +111,9 @@ class TrainConfig(BaseModel):
     hsv_h: float = Field(0.015, ge=0, le=1)
     hsv_s: float = Field(0.7, ge=0, le=1)
     hsv_v: float = Field(0.4, ge=0, le=1)
+    hsv_mode: Literal["matrix", "opencv"] = Field(
+        "matrix", description="matrix: one 3x3 colour matrix in YIQ (fast, lossless at zero gains); "
+        "opencv: OpenCV's uint8 HSV round trip, as the YOLO family does")
     brightness: float = Field(0.0, ge=0, le=1)
     gamma: float = Field(0.0, ge=0, le=1)
     blur: float = Field(0.0, ge=0, le=1)

@@ -28,8 +28,8 @@ from detforge.data.augment import (
     warp_image,
     warp_targets,
 )
-from detforge.data.augment.geometric import scaling, translation
-from detforge.data.augment.photometric import gaussian_noise, hsv_lut, to_gray, tone_lut
+from detforge.data.augment.geometric import draw_image, scaling, snap_axis_aligned, translation
+from detforge.data.augment.photometric import gaussian_noise, hsv_lut, hsv_matrix, random_hsv, to_gray, tone_lut
 
 BG = 60  # background gray, distinct from the 114 padding
 RED, GREEN, BLUE, YELLOW = (230, 20, 20), (20, 230, 20), (20, 20, 230), (230, 230, 20)
@@ -166,6 +166,57 @@ def test_mosaic_boxes_follow_each_tile(mode):
     assert (region[gray][:, 0] == BG).all()
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_mosaic_scale_and_shift_drawn_by_resize_keeps_boxes_and_seams(seed):
+    """Scale-and-shift affines take the resize path: snapped to whole pixels, boxes still on
+    their objects, and tiles meet at the centre without padding gray between them."""
+    rng = np.random.default_rng(seed)
+    tiles, colors = _mosaic_tiles()
+    s = 100
+    k = rng.uniform(0.5, 1.5)
+    affine = translation(*rng.uniform(40, 60, 2)) @ scaling(k, k) @ translation(-s, -s)
+    center = tuple(int(v) for v in rng.integers(70, 130, 2))
+    out, t = mosaic4(tiles, s, center, affine, "letterbox", min_size=3, min_visibility=0.3)
+    for box, label in zip(t.boxes, t.labels):
+        if min(box[2] - box[0], box[3] - box[1]) >= 6:
+            assert_box_on_object(out, box, colors[label])
+    # across each seam through the centre, padding gray never lies between two tile pixels
+    cx = int(affine[0, 0] * center[0] + affine[0, 2])
+    cy = int(affine[1, 1] * center[1] + affine[1, 2])
+    pad = (out == PAD_VALUE).all(-1)
+    strips = [pad[y, max(cx - 3, 0):cx + 3] for y in range(s)] + [pad[max(cy - 3, 0):cy + 3, x] for x in range(s)]
+    for strip in strips:
+        inside = np.nonzero(~strip)[0]
+        if len(inside):
+            assert not strip[inside[0]:inside[-1]].any(), strip
+
+
+def test_snap_axis_aligned_moves_corners_under_a_pixel():
+    m = translation(10.37, -4.6) @ scaling(0.731, 1.29)
+    window, rect, snapped = snap_axis_aligned(m, (0, 0, 120, 90), 100, 100)
+    # rows: y -> 1.29 y - 4.6 is below 0 up to y = 3.57 and past 100 from y = 81.09, so rows
+    # 3..81 are (partly) visible; columns: all 120 land inside (0.731 * 120 + 10.37 = 98.1)
+    assert window == (0, 3, 120, 82)
+    assert rect == (10, -1, 98, 101)  # round(10.37), round(-0.73), round(98.09), round(101.18)
+    corners = np.array([[window[0], window[1], 1.0], [window[2], window[3], 1.0]])
+    np.testing.assert_allclose((corners @ snapped.T)[:, :2], [rect[:2], rect[2:]])  # window -> rect exactly
+    assert np.abs(corners @ snapped.T - corners @ m.T).max() < 1.0  # and within a pixel of m
+    assert snap_axis_aligned(translation(200, 0), (0, 0, 50, 50), 100, 100) is None  # off the output
+
+
+def test_draw_image_whole_pixel_scale_equals_cv2_resize():
+    img = (np.random.default_rng(0).random((30, 40, 3)) * 255).astype(np.uint8)
+    out, used = draw_image(img, translation(7, 5) @ scaling(2, 2), 100)
+    np.testing.assert_array_equal(out[5:65, 7:87], cv2.resize(img, (80, 60), interpolation=cv2.INTER_LINEAR))
+    assert (out[:5] == PAD_VALUE).all() and (out[65:] == PAD_VALUE).all() and (out[:, :7] == PAD_VALUE).all()
+    np.testing.assert_allclose(used, translation(7, 5) @ scaling(2, 2))
+    # a rotation keeps the general warp and the matrix as given
+    a = math.radians(10)
+    rot = np.array([[math.cos(a), math.sin(a), 0], [-math.sin(a), math.cos(a), 0], [0, 0, 1]])
+    _, used = draw_image(img, rot, 100)
+    assert used is rot
+
+
 def test_mosaic_with_rotation_and_offset_centre():
     tiles, colors = _mosaic_tiles()
     s = 100
@@ -267,6 +318,37 @@ def test_hsv_lut_identity_and_hue_shift():
     assert green[0, 0].tolist() == [0, 255, 0]
     dim = cv2.cvtColor(cv2.LUT(hsv, hsv_lut(0, -0.5, -0.5)), cv2.COLOR_HSV2RGB_FULL)
     assert dim[0, 0].tolist() == [128, 64, 64]
+
+
+def test_hsv_matrix_hand_worked():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(hsv_matrix(0, 0, 0), np.eye(3))
+    np.testing.assert_array_equal(cv2.transform(img, hsv_matrix(0, 0, 0)), img)  # lossless at zero gains
+    gray = np.full((2, 2, 3), 100, np.uint8)
+    assert cv2.transform(gray, hsv_matrix(0.2, 0.5, 0.5))[0, 0].tolist() == [150, 150, 150]  # gray: value only
+    # saturation -1 leaves the luma 0.299 R + 0.587 G + 0.114 B in every channel
+    luma = np.rint(img.astype(float) @ [0.299, 0.587, 0.114])
+    assert np.abs(cv2.transform(img, hsv_matrix(0, -1, 0)).astype(float) - luma[..., None]).max() <= 1
+    # a hue turn keeps luma (in gamut); a sixth of the circle takes a red to a yellow (HSV hue
+    # 57.7 deg), a third to a green (101.3 deg: YIQ angles are not the HSV hexcone's)
+    red = np.full((1, 1, 3), (160, 90, 90), np.uint8)
+    for turn, hue_deg in ((1 / 6, 57.7), (1 / 3, 101.3)):
+        out = cv2.transform(red, hsv_matrix(turn, 0, 0))
+        hue = int(cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL)[0, 0, 0]) * 360 / 256
+        assert abs(hue - hue_deg) < 2, (turn, out, hue)
+        assert abs(out.astype(float) @ [0.299, 0.587, 0.114] - red.astype(float) @ [0.299, 0.587, 0.114]).max() < 1
+
+
+def test_random_hsv_modes():
+    img = np.full((8, 8, 3), (200, 60, 60), np.uint8)
+    fast = random_hsv(img, np.random.default_rng(1), 0.0, 0.0, 0.4)
+    ref = random_hsv(img, np.random.default_rng(1), 0.0, 0.0, 0.4, mode="opencv")
+    assert np.abs(fast.astype(int) - ref.astype(int)).max() <= 1  # a value change is the same in both
+    assert (img == (200, 60, 60)).all()  # not in place unless asked
+    assert random_hsv(img, np.random.default_rng(1), 0, 0, 0) is img
+    with pytest.raises(ValueError, match="hsv_mode"):
+        random_hsv(img, np.random.default_rng(1), 0.1, 0.1, 0.1, mode="lab")
 
 
 def test_tone_lut_numbers():

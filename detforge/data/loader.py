@@ -11,6 +11,7 @@ images rejoin after ignore_background_epochs.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import random
 
@@ -87,10 +88,28 @@ class DetectionLoader(DataLoader):
             yield images, targets, metas
 
 
+def retain_freed_memory() -> bool:
+    """Make glibc keep freed memory for reuse instead of giving it back to the kernel.
+
+    A training sample's image-sized buffers (1.2 MB at 640) lie above glibc's default mmap
+    threshold, so each is a fresh mapping whose pages all fault on first touch: ~190 faults
+    and ~0.3 ms of a ~1.6 ms sample at 640 (benchmarks/RESULTS.md). With the thresholds raised
+    they come from the heap and are reused. Process-wide, so it is called in loader workers,
+    which do nothing else; False where it does not apply (no glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+        return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 256 << 20))
+    except (OSError, AttributeError):
+        return False
+
+
 def _worker_init(worker_id: int) -> None:
     # one torch thread per worker: the workers are the parallelism (OpenCV's pool is off
     # process-wide, see image_io)
     torch.set_num_threads(1)
+    retain_freed_memory()
 
 
 def build_dataloader(dataset, batch_size: int, train: bool, workers: int, seed: int,

@@ -3,7 +3,9 @@
 The picture is the YOLO one: four images around a random centre of a virtual 2s x 2s
 canvas, then a random affine that brings the canvas down to s x s. Here the virtual canvas
 is never allocated: each tile's placement and the affine are composed into one matrix and
-the tile is warped directly into the s x s output (one interpolation, no 2s^2 copy).
+the tile is drawn directly into the s x s output (one interpolation, no 2s^2 copy): by one
+``cv2.resize`` of its visible window when the affine only scales and shifts (the default),
+by ``cv2.warpAffine`` when it rotates or shears.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ import numpy as np
 
 from .geometric import (
     PAD_VALUE,
+    is_axis_aligned,
+    resize_window_into,
+    snap_axis_aligned,
     translation,
     warp_region_into,
     warp_targets,
@@ -71,6 +76,7 @@ def mosaic4(
         else:
             base.append((np.diag([size / w, size / h, 1.0]), (size, size)))
     layout = tile_layout([b[1] for b in base], size, *center)
+    aligned = is_axis_aligned(affine)
     parts = []
     for (img, targets), (scale, _), (crop, offset) in zip(tiles, base, layout):
         m = affine @ translation(*offset) @ scale
@@ -83,6 +89,20 @@ def mosaic4(
             int(np.clip(np.ceil(crop[2] / sx - 1e-6), 0, w)),
             int(np.clip(np.ceil(crop[3] / sy - 1e-6), 0, h)),
         )
+        if aligned:
+            # the crop's edges in the output, from whole canvas coordinates: a seam between
+            # two tiles gets the same number from both, so they meet without a gap
+            cx1, cy1, cx2, cy2 = (c + o for c, o in zip(crop, offset + offset))
+            edges = (affine[0, 0] * cx1 + affine[0, 2], affine[1, 1] * cy1 + affine[1, 2],
+                     affine[0, 0] * cx2 + affine[0, 2], affine[1, 1] * cy2 + affine[1, 2])
+            placed = snap_axis_aligned(m, src_region, size, size, edges)
+            if placed is None:
+                parts.append(targets.select(np.zeros(len(targets), bool)))
+                continue
+            window, rect, m = placed
+            resize_window_into(canvas, img, window, rect)
+            parts.append(warp_targets(targets, m, size, size, min_size, min_visibility, window))
+            continue
         warp_region_into(canvas, img, m, src_region)
         region = tuple(c / s for c, s in zip(crop, (sx, sy, sx, sy)))
         parts.append(warp_targets(targets, m, size, size, min_size, min_visibility, region))

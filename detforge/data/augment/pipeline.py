@@ -22,7 +22,7 @@ from .geometric import (
     flip_ud,
     random_affine_matrix,
     rotate90,
-    warp_image,
+    draw_image,
     warp_targets,
 )
 from .mixup import GEOMETRY_BETA, OVERLAY_BETA, mixup_geometry, mixup_overlay
@@ -91,12 +91,13 @@ class TrainTransform:
         img, targets = first
         h, w = img.shape[:2]
         m = self._affine(rng, (s / 2, s / 2)) @ base_resize_matrix(w, h, s, cfg.resize_mode)
-        out = warp_image(img, m, s)
+        out, m = draw_image(img, m, s)
         return out, warp_targets(targets, m, s, s, cfg.min_box_size, cfg.min_box_visibility), False
 
     def _photometric(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         cfg = self.cfg
-        img = ph.random_hsv(img, rng, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v)
+        # the geometry step always hands over a fresh image, so it may be changed in place
+        img = ph.random_hsv(img, rng, cfg.hsv_h, cfg.hsv_s, cfg.hsv_v, cfg.hsv_mode, inplace=True)
         alpha, beta, gamma = 1.0, 0.0, 1.0
         if cfg.brightness > 0 and rng.random() < cfg.brightness:
             alpha, beta = ph.random_brightness_contrast(rng)
