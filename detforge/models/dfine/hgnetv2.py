@@ -132,11 +132,16 @@ class Stem(nn.Module):
         self.pool = nn.MaxPool2d(kernel_size=2, stride=1, ceil_mode=True)
 
     def forward(self, x: Tensor) -> Tensor:
-        # 2x2 convs and the pool keep the size thanks to one pixel of right/bottom padding
-        x = F.pad(self.stem1(x), (0, 1, 0, 1))
-        conv_branch = self.stem2b(F.pad(self.stem2a(x), (0, 1, 0, 1)))
-        x = torch.cat([self.pool(x), conv_branch], dim=1)
-        return self.stem4(self.stem3(x))
+        # 2x2 convs and the pool keep the size thanks to one pixel of right/bottom zero padding.
+        # Each conv gets its own pad with an explicit value: exported that way, ONNX Runtime
+        # folds a pad into the conv after it (it cannot fold one that has two readers or no
+        # value input). The pool keeps an explicit zero pad: a pool's own padding is -inf, which
+        # would differ where the lab blocks make activations negative.
+        x = self.stem1(x)
+        conv_branch = self.stem2a(F.pad(x, (0, 1, 0, 1), value=0.0))
+        conv_branch = self.stem2b(F.pad(conv_branch, (0, 1, 0, 1), value=0.0))
+        pooled = self.pool(F.pad(x, (0, 1, 0, 1), value=0.0))
+        return self.stem4(self.stem3(torch.cat([pooled, conv_branch], dim=1)))
 
 
 class HGBlock(nn.Module):
