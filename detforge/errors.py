@@ -3,3 +3,7 @@
 
 class NonFiniteLossError(RuntimeError):
     """The loss kept coming out NaN/inf: the run stops with advice instead of training on."""
+
+
+class CheckpointError(ValueError):
+    """A weights or checkpoint file that cannot be read, or is refused, or holds no weights."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from detforge.engine.checkpoint import (
-    CheckpointError,
     find_state_dict,
     load_checkpoint,
     load_matching,
@@ -17,6 +16,7 @@ from detforge.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from detforge.errors import CheckpointError
 
 
 class Evil:

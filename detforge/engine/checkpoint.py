@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -19,12 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from detforge.weights_file import locate_state_dict, read_checkpoint, strip_prefix
+
+
 LOG = logging.getLogger("detforge")
 FORMAT = "detforge-checkpoint-v1"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -46,32 +44,7 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        text = str(e)
-        if "Unsupported global" not in text and "Unsupported class" not in text and "GLOBAL" not in text:
-            raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or not a torch file)") from None
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds pickled objects other than tensors and plain "
-            f"values, which could execute code ({_unsupported(text)}). Only load files you "
-            "trust; re-save trusted weights as a plain state dict."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
-    return obj
-
-
-def _unsupported(text: str) -> str:
-    for line in text.splitlines():
-        if "Unsupported" in line or "GLOBAL" in line:
-            return line.strip()[:200]
-    return text.splitlines()[0][:200]
+    return read_checkpoint(path, map_location)
 
 
 # ---------------------------------------------------------------- RNG state (plain types only)
@@ -105,33 +78,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------- weight transfer
 def find_state_dict(obj: dict[str, Any], prefer_ema: bool = True) -> dict[str, torch.Tensor]:
-    """The model weights inside any of the layouts users bring: a detforge checkpoint
-    ('ema' / 'model'), an official D-FINE / RT-DETR file ('ema': {'module': sd} or 'model'),
-    Ultralytics-free plain state dicts, or 'state_dict' (Lightning)."""
-    order = ("ema", "model", "state_dict", "module") if prefer_ema else ("model", "ema", "state_dict", "module")
-    for key in order:
-        inner = obj.get(key)
-        if isinstance(inner, dict) and inner:
-            if "module" in inner and isinstance(inner["module"], dict):
-                inner = inner["module"]
-            if all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return inner
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj
-    raise CheckpointError("no state dict found (looked for 'ema', 'model', 'state_dict' or plain tensors)")
-
-
-def strip_prefix(sd: dict[str, torch.Tensor], prefixes=("module.", "_orig_mod.")) -> dict[str, torch.Tensor]:
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in prefixes:
-                if k.startswith(p):
-                    k, changed = k[len(p):], True
-        out[k] = v
-    return out
+    return locate_state_dict(obj, prefer_ema)[0]
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str = "") -> dict[str, Any]:

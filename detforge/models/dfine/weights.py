@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from detforge.errors import CheckpointError
+from detforge.weights_file import locate_state_dict, read_checkpoint, strip_prefix
+
 log = logging.getLogger("detforge")
 
 # tensors whose first dimension is the class count (num_classes, or num_classes + 1 for the
@@ -21,23 +24,6 @@ log = logging.getLogger("detforge")
 CLASS_HEAD_PREFIXES = ("decoder.enc_score_head.", "decoder.dec_score_head.", "decoder.denoising_class_embed.")
 # bookkeeping entries that need no report when absent on one side
 BENIGN_SUFFIXES = ("num_batches_tracked",)
-
-
-def _extract_state_dict(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(obj).__name__}")
-    for key in ("ema", "model"):
-        entry = obj.get(key)
-        if isinstance(entry, dict):
-            inner = entry.get("module", entry)
-            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                return inner, key
-    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, "state_dict"
-    raise ValueError(
-        f"{path}: no model weights found; expected an official D-FINE checkpoint with an 'ema' "
-        f"({{'module': state_dict}}) or 'model' entry, or a plain state dict. Top-level keys: {sorted(obj)[:10]}"
-    )
 
 
 def load_official(model: nn.Module, path: str | Path) -> dict[str, Any]:
@@ -50,12 +36,13 @@ def load_official(model: nn.Module, path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"D-FINE checkpoint not found: {path}")
+    obj = read_checkpoint(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path}: cannot read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
-    source_sd, source = _extract_state_dict(obj, path)
-    source_sd = {k.removeprefix("module."): v for k, v in source_sd.items()}
+        source_sd, source = locate_state_dict(obj)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}; an official D-FINE checkpoint holds 'ema' ({{'module': "
+                              "state_dict}) or 'model'") from None
+    source_sd = strip_prefix(source_sd)
 
     target_sd = model.state_dict()
     loaded: list[str] = []
