@@ -1,7 +1,8 @@
 """Export the official D-FINE implementation (a read-only checkout given by --source) to ONNX
 the way its own tools/deployment/export_onnx.py does: deploy-form model + its postprocessor,
-inputs (images, orig_target_sizes). Random weights (no downloads); latency does not depend on
-them. The TorchScript exporter is asked for explicitly (``dynamo=False``): torch >= 2.9 would
+inputs (images, orig_target_sizes). Random weights (no downloads), with ``--trained-like``
+given trained-looking norms and affine blocks (benchmarks/trained_like.py) so that none of
+their ops is optimised away as an identity. The TorchScript exporter is asked for explicitly (``dynamo=False``): torch >= 2.9 would
 otherwise pick the dynamo exporter, whose D-FINE bugs are the reason detforge avoids it.
 
     python benchmarks/official_dfine_export.py --source /path/to/D-FINE --size n --out dfine_n_official.onnx
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--imgsz", type=int, default=640)
     parser.add_argument("--opset", type=int, default=17)
+    parser.add_argument("--trained-like", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.source).resolve()))
     # its profiler helper imports calflops (and through it transformers) at package import;
@@ -44,6 +46,11 @@ def main() -> None:
         def forward(self, images, orig_target_sizes):
             return self.postprocessor(self.model(images), orig_target_sizes)
 
+    if args.trained_like:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from trained_like import make_trained_like
+
+        make_trained_like(cfg.model)  # before deploy(), which builds from these values
     model = Deployed().eval()
     images = torch.rand(1, 3, args.imgsz, args.imgsz)
     sizes = torch.tensor([[args.imgsz, args.imgsz]])

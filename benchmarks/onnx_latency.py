@@ -1,9 +1,12 @@
 """ONNX Runtime CPU latency at 640, batch 1: detforge D-FINE-N/S against Ultralytics YOLO11n/s
 and the official D-FINE export of the same sizes, measured side by side in one run.
 
-All models get random weights (latency does not depend on them; nothing is downloaded),
-80 classes, a static 1x3x640x640 input, the same session options (``--threads`` intra-op,
-1 inter-op, all graph optimisations). Timing rounds interleave the models so machine load
+All models get random weights (nothing is downloaded); by default D-FINE's norms and
+affine blocks are then set to trained-looking values (benchmarks/trained_like.py) for
+detforge and the official model alike, since at their initial identities onnxruntime drops
+ops that a trained model keeps (``--weights init`` measures the fresh models). 80 classes,
+a static 1x3x640x640 input, the same session options (``--threads`` intra-op, 1 inter-op,
+all graph optimisations). Timing rounds interleave the models so machine load
 drifts hit them all alike; the table reports the median over all timed runs.
 Peers come from a separate environment (benchmarks/peers_env.py), never from detforge's.
 
@@ -26,6 +29,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from peers_env import ensure_peers  # noqa: E402
+from trained_like import make_trained_like  # noqa: E402
 
 YOLO_EXPORT = """
 import sys
@@ -34,12 +38,15 @@ print(YOLO(sys.argv[1]).export(format="onnx", imgsz=int(sys.argv[2]), opset=17, 
 """
 
 
-def export_detforge(name: str, out: Path, imgsz: int) -> Path:
+def export_detforge(name: str, out: Path, imgsz: int, trained_like: bool = True) -> Path:
     from detforge.export import export_model
     from detforge.models.zoo import build_model
 
     model = build_model(name, 80).eval()
-    return export_model(model, [str(i) for i in range(80)], "onnx", out / f"detforge_{name}", imgsz=imgsz)
+    if trained_like:
+        make_trained_like(model)
+    tag = "trained_like" if trained_like else "init"
+    return export_model(model, [str(i) for i in range(80)], "onnx", out / f"detforge_{name}_{tag}", imgsz=imgsz)
 
 
 def export_yolo(peers_python: Path, name: str, out: Path, imgsz: int) -> Path:
@@ -48,11 +55,11 @@ def export_yolo(peers_python: Path, name: str, out: Path, imgsz: int) -> Path:
     return out / f"{name}.onnx"
 
 
-def export_official(peers_python: Path, source: Path, size: str, out: Path, imgsz: int) -> Path:
-    target = out / f"official_dfine_{size}.onnx"
+def export_official(peers_python: Path, source: Path, size: str, out: Path, imgsz: int, trained_like: bool = True) -> Path:
+    target = out / f"official_dfine_{size}_{'trained_like' if trained_like else 'init'}.onnx"
     subprocess.run([str(peers_python), str(HERE / "official_dfine_export.py"), "--source", str(source), "--size", size,
-                    "--out", str(target), "--imgsz", str(imgsz)], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+                    "--out", str(target), "--imgsz", str(imgsz)] + (["--trained-like"] if trained_like else []),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return target
 
 
@@ -88,14 +95,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--weights", choices=["trained-like", "init"], default="trained-like",
+                        help="D-FINE norms and affine blocks as training leaves them (default), or at their "
+                             "initial identities, which onnxruntime optimises away")
+    parser.add_argument("--sizes", default="n,s")
     args = parser.parse_args()
+    trained_like = args.weights == "trained-like"
     args.work.mkdir(parents=True, exist_ok=True)
     peers = ensure_peers(args.peers)
     models: dict[str, Path] = {}
-    for size in ("n", "s"):
-        models[f"detforge D-FINE-{size.upper()}"] = export_detforge(f"dfine-{size}", args.work, args.imgsz)
+    for size in args.sizes.split(","):
+        models[f"detforge D-FINE-{size.upper()}"] = export_detforge(f"dfine-{size}", args.work, args.imgsz, trained_like)
         if args.official and args.official.is_dir():
-            models[f"official D-FINE-{size.upper()}"] = export_official(peers, args.official, size, args.work, args.imgsz)
+            models[f"official D-FINE-{size.upper()}"] = export_official(peers, args.official, size, args.work, args.imgsz,
+                                                                        trained_like)
         models[f"Ultralytics YOLO11{size}"] = export_yolo(peers, f"yolo11{size}", args.work, args.imgsz)
     sessions = {name: session(path, args.threads) for name, path in models.items()}
     inputs = {name: feeds(s, args.imgsz) for name, s in sessions.items()}
@@ -121,7 +134,8 @@ def main() -> None:
 
     print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or platform.machine(),
                       "cpus": os.cpu_count(), "load_before": load, "load_after": os.getloadavg()[0],
-                      "onnxruntime": onnxruntime.__version__, "threads": args.threads, "rows": rows}))
+                      "onnxruntime": onnxruntime.__version__, "threads": args.threads, "weights": args.weights,
+                      "rows": rows}))
 
 
 if __name__ == "__main__":

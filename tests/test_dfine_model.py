@@ -15,6 +15,7 @@ from detforge.models.dfine import DFine, official_recipe
 from detforge.models.dfine.denoising import build_denoising_queries
 from detforge.models.dfine.encoder import RepVggBlock
 from detforge.models.dfine.fdr import distance2bbox, distribution_to_distance, weighting_function
+from detforge.models.dfine.hgnetv2 import LearnableAffine
 from detforge.models.dfine.postprocess import topk_detections
 from detforge.models.zoo import build_model
 
@@ -236,13 +237,23 @@ def test_deploy_keeps_eval_outputs():
         for p in model.decoder.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.02)
+        # trained-like affine blocks: scales of both signs and shifts (all 1 / 0 at init)
+        for i, m in enumerate(m for m in model.modules() if isinstance(m, LearnableAffine)):
+            m.scale.fill_((-0.5 if i % 3 == 0 else 1.3) + 0.01 * i)
+            m.bias.fill_(0.2 if i % 2 else -0.15)
     _calibrate_norms(model)
     images = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         before = model(images)
+        features = model.backbone(images)
         model.deploy()
         after = model(images)
+        fused_features = model.backbone(images)
     assert not any(isinstance(m, RepVggBlock) and m.fused is None for m in model.modules())
+    # backbone: every norm and affine block folded into its conv (+ a clamp), same features
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, LearnableAffine)) for m in model.backbone.modules())
+    for a, b in zip(features, fused_features):
+        assert (a - b).abs().max() <= 1e-5 * a.abs().max()
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.encoder.modules()
                    if m not in set(model.encoder.input_proj.modules()))
     assert not hasattr(model.decoder, "denoising_class_embed")

@@ -125,10 +125,14 @@ class DFine(DetectionModel):
         hw = torch._shape_as_tensor(images)[2:] if torch.jit.is_tracing() else tuple(images.shape[-2:])
         return topk_detections(outputs["pred_logits"], outputs["pred_boxes"], hw, max_det)
 
-    def deploy(self) -> "DFine":
-        """Inference form: RepVGG branches and conv-norm pairs of the encoder fused, training-only
-        decoder heads and the denoising embedding dropped. Eval outputs are unchanged."""
+    def deploy(self, fuse_backbone: bool = True) -> "DFine":
+        """Inference form: the backbone's conv-norm-activation(-affine) blocks and the encoder's
+        RepVGG branches and conv-norm pairs fused, training-only decoder heads and the denoising
+        embedding dropped. Eval outputs are unchanged (to float rounding). ``fuse_backbone=False``
+        leaves the backbone as the official deploy form does (for bit-level comparisons)."""
         self.eval()
+        if fuse_backbone:
+            self.backbone.fuse()
         self.encoder.fuse()
         self.decoder.deploy()
         return self
