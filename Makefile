@@ -2,7 +2,7 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH_PIN ?= torch>=2.4 torchvision>=0.19
+TORCH_PIN ?= "torch>=2.4" "torchvision>=0.19"
 
 .PHONY: install install-test demo test clean
 
