@@ -18,7 +18,8 @@ DETECTORS = [name for name in ("fcos-n", "dfine-n") if name in available()]
 
 def spread_model(name: str = "fcos-n", seed: int = 0) -> torch.nn.Module:
     """A seeded model with distinct scores: FCOS's prediction convs get larger random weights
-    so cells disagree (D-FINE's random queries already do)."""
+    so cells disagree (D-FINE's random queries already do); D-FINE's norms and affine blocks
+    get trained-looking values."""
     torch.manual_seed(seed)
     model = build_model(name, len(NAMES)).eval()
     head = getattr(model, "head", None)
@@ -28,6 +29,18 @@ def spread_model(name: str = "fcos-n", seed: int = 0) -> torch.nn.Module:
             head.cls_pred.bias.fill_(-1.0)
             head.ctr_pred.weight.normal_(0, 0.3)
             head.reg_pred.weight.normal_(0, 0.1)
+    if name.startswith("dfine"):
+        # trained-looking norms and affine blocks (scales of both signs, shifts): the deploy
+        # fold turns them into conv weights and clamps, which every backend must run alike
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for i, m in enumerate(model.modules()):
+                if type(m).__name__ == "LearnableAffine":
+                    m.scale.fill_(-0.6 if i % 5 == 0 else 1.0 + 0.3 * float(torch.rand(1, generator=g)))
+                    m.bias.fill_(0.2 * float(torch.rand(1, generator=g)) - 0.1)
+                elif isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                    m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
     return model
 
 
