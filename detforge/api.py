@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from detforge.config import TrainConfig, build_config
-from detforge.engine.checkpoint import build_with_weights, load_detector_checkpoint
+from detforge.engine.checkpoint import build_with_weights, load_detector_checkpoint, set_decoder_layers
 from detforge.utils.runtime import increment_path, select_device, setup_logging
 
 LOG = logging.getLogger("detforge")
@@ -32,13 +32,16 @@ class Detector:
         num_classes: int | None = None,
         pretrained: str | None = None,
         names: list[str] | None = None,
+        decoder_layers: int | None = None,
     ) -> None:
+        """``decoder_layers``: DETRs predict from their first N decoder layers (see
+        DFine.set_decoder_layers); val, predict and export then use that form."""
         setup_logging()
         self.source = str(model)
         self.pretrained = pretrained
         self.ckpt: dict[str, Any] | None = None
         if self.source.endswith(".pt"):
-            self.model, self.ckpt = load_detector_checkpoint(self.source)
+            self.model, self.ckpt = load_detector_checkpoint(self.source, decoder_layers=decoder_layers)
             self.names = list(self.ckpt.get("names") or [str(i) for i in range(self.model.num_classes)])
             if num_classes and num_classes != self.model.num_classes:
                 raise ValueError(f"{model} was trained for {self.model.num_classes} classes, not {num_classes}")
@@ -47,6 +50,7 @@ class Detector:
             self.model = build_with_weights(self.source, k, pretrained)
             self.names = list(names) if names else [str(i) for i in range(k)]
             self.pretrained_report = getattr(self.model, "load_report", None)
+            set_decoder_layers(self.model, decoder_layers)
         self.num_classes = self.model.num_classes
 
     # ---------------------------------------------------------------- training

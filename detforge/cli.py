@@ -68,8 +68,8 @@ def cmd_val(argv: list[str]) -> int:
     model = overrides.pop("model", None)
     if not model:
         raise ConfigError("val needs model=PATH/TO/best.pt")
-    build_config({"model": model, **overrides})  # validate keys before loading anything
-    Detector(str(model)).val(**overrides)
+    cfg = build_config({"model": model, **overrides})  # validate keys before loading anything
+    Detector(str(model), decoder_layers=cfg.decoder_layers).val(**overrides)
     return 0
 
 

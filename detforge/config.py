@@ -131,6 +131,9 @@ class TrainConfig(BaseModel):
     conf: float = Field(0.5, ge=0, le=1, description="confidence threshold for P/R/F1/IoU")
     iou_thr: float = Field(0.5, gt=0, lt=1, description="IoU above which a prediction is a TP")
     max_det: int = Field(300, ge=1)
+    decoder_layers: int | None = Field(
+        None, ge=1, description="DETRs, when loading a .pt for val/predict/export: predict from the first N "
+        "decoder layers (faster per image, usually a little less accurate); default all")
     fitness: Literal["map50_f1", "map50_95", "map50", "f1"] = "map50_f1"
 
     # val / predict / export / eval / bench

@@ -171,3 +171,36 @@ def test_detector_export_returns_the_written_path(tmp_path):
     path = det.export(format="onnx", out=tmp_path / "m", imgsz=128)
     assert path == tmp_path / "m.onnx" and read_onnx_metadata(path).names == NAMES
     assert Predictor(path, threads=1).imgsz == 128  # the public import path of the Python API
+
+
+def test_decoder_layers_from_checkpoint_to_export_and_predict(tmp_path, images):
+    """decoder_layers=N: a D-FINE predicts from its first N decoder layers in torch, in the ONNX
+    export (which then holds only those layers) and through Predictor on the .pt."""
+    from detforge.cli import main
+    from detforge.infer.backends import load_backend
+
+    model = spread_model("dfine-n")
+    ckpt = save_test_checkpoint(model, tmp_path / "best.pt", imgsz=IMGSZ)
+    assert main(["export", f"model={ckpt}", "format=onnx", "decoder_layers=1"]) == 0
+    batch = _batch(images, "square", 2)
+    reference = spread_model("dfine-n").set_decoder_layers(1).deploy()
+    assert len(reference.decoder.decoder.layers) == 1
+    got = OnnxRuntimeBackend(tmp_path / "best.onnx", torch.device("cpu"), threads=1)(batch)
+    _compare(_torch(reference, batch), got)
+    full = _torch(spread_model("dfine-n").deploy(), batch)
+    assert not np.allclose(full[1], got[1], atol=1e-3)  # the last layer's scores are not the first's
+    backend = load_backend(ckpt, decoder_layers=1, device="cpu", threads=1)
+    _compare(_torch(reference, batch), backend(batch))
+    n_full = sum(1 for n in onnx.load(str(tmp_path / "best.onnx")).graph.node if n.op_type == "GridSample")
+    assert n_full == 2  # one layer x two feature levels
+    with pytest.raises(ValueError, match="has 3 decoder layers"):
+        spread_model("dfine-n").set_decoder_layers(4)
+    with pytest.raises(ValueError, match="exported with"):
+        load_backend(tmp_path / "best.onnx", decoder_layers=1)
+    fcos = save_test_checkpoint(spread_model("fcos-n"), tmp_path / "fcos.pt", imgsz=IMGSZ)
+    assert main(["export", f"model={fcos}", "format=onnx", "decoder_layers=1"]) == 1  # no decoder layers
+    from detforge import Detector
+
+    assert Detector(str(ckpt), decoder_layers=2).model.decoder.eval_idx == 1  # what `detforge val` builds
+    with pytest.raises(ValueError, match="no decoder layers"):
+        Detector(str(fcos), decoder_layers=1)

@@ -137,7 +137,19 @@ def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
     return load_matching(model, find_state_dict(obj), source=str(path))
 
 
-def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple[torch.nn.Module, dict[str, Any]]:
+def set_decoder_layers(model: nn.Module, layers: int | None) -> nn.Module:
+    """``decoder_layers=``: only models with a layered decoder (DETRs) can predict from fewer."""
+    if layers is None:
+        return model
+    setter = getattr(model, "set_decoder_layers", None)
+    if setter is None:
+        name = getattr(model, "model_name", type(model).__name__)
+        raise ValueError(f"decoder_layers={layers}: {name} has no decoder layers to leave out (DETR models do)")
+    return setter(int(layers))
+
+
+def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True,
+                             decoder_layers: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """A detforge checkpoint -> (model with its weights, the checkpoint dict)."""
     ckpt = load_checkpoint(path)
     if "model_name" not in ckpt:
@@ -153,4 +165,5 @@ def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True) -> tuple
     if missing or unexpected:
         LOG.warning("%s: %d missing and %d unexpected tensors", path, len(missing), len(unexpected))
     model.eval()
+    set_decoder_layers(model, decoder_layers)
     return model, ckpt

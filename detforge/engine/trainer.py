@@ -94,6 +94,9 @@ class Trainer:
         self.dist = dist_utils.env_info()
         setup_logging(cfg.verbose, self.dist.rank)
         self.device = select_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
+        if cfg.decoder_layers is not None:
+            LOG.warning("decoder_layers=%d is for val/predict/export of a trained model; training and its "
+                        "validation use every decoder layer", cfg.decoder_layers)
         dist_utils.init_process_group(self.dist, self.device.type == "cuda")
         self.is_main = self.dist.is_main
         self._model_in = model

@@ -20,7 +20,7 @@ def export_command(cfg: TrainConfig, given: set[str]) -> int:
         raise ConfigError(f"export needs model=PATH/TO/best.pt (a trained checkpoint), got '{cfg.model}'")
     if not source.is_file():
         raise FileNotFoundError(f"{source}: checkpoint not found")
-    model, ckpt = load_detector_checkpoint(source)
+    model, ckpt = load_detector_checkpoint(source, decoder_layers=cfg.decoder_layers)
     saved = ckpt.get("config") or {}
     names = list(ckpt.get("names") or [str(i) for i in range(model.num_classes)])
     imgsz = cfg.imgsz if "imgsz" in given else int(ckpt.get("imgsz", saved.get("imgsz", cfg.imgsz)))

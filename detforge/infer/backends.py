@@ -62,11 +62,12 @@ class TorchBackend(Backend):
         return boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
 
 
-def load_torch_checkpoint(path: Path, device: torch.device, threads: int | None = None) -> TorchBackend:
+def load_torch_checkpoint(path: Path, device: torch.device, threads: int | None = None,
+                          decoder_layers: int | None = None) -> TorchBackend:
     from detforge.engine.checkpoint import load_detector_checkpoint
     from detforge.export.metadata import checkpoint_conf
 
-    model, ckpt = load_detector_checkpoint(path)
+    model, ckpt = load_detector_checkpoint(path, decoder_layers=decoder_layers)
     saved = ckpt.get("config") or {}
     imgsz = int(ckpt.get("imgsz", saved.get("imgsz", 640)))
     conf = checkpoint_conf(ckpt)
@@ -189,11 +190,15 @@ def resolve_device(device: str | None) -> torch.device:
     return select_device(device or "auto")
 
 
-def load_backend(path: str | Path, backend: str | None = None, device: str = "auto", threads: int | None = None) -> Backend:
+def load_backend(path: str | Path, backend: str | None = None, device: str = "auto", threads: int | None = None,
+                 decoder_layers: int | None = None) -> Backend:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model file not found")
     kind = backend or SUFFIX_BACKEND.get(path.suffix.lower())
+    if decoder_layers is not None and kind != "torch":
+        raise ValueError(f"decoder_layers={decoder_layers} applies when loading a .pt checkpoint; {path} keeps the "
+                         "decoder layers it was exported with (export with decoder_layers= instead)")
     if kind is None:
         raise ValueError(f"{path}: unknown model file type '{path.suffix}'; expected one of "
                          f"{', '.join(SUFFIX_BACKEND)} (or pass backend=)")
@@ -212,7 +217,7 @@ def load_backend(path: str | Path, backend: str | None = None, device: str = "au
         device = "auto" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
     dev = resolve_device(device)
     if kind == "torch":
-        return load_torch_checkpoint(path, dev, threads)
+        return load_torch_checkpoint(path, dev, threads, decoder_layers)
     if kind == "onnxruntime":
         return OnnxRuntimeBackend(path, dev, threads)
     return TensorRTBackend(path, dev)

@@ -108,7 +108,7 @@ def predict_command(cfg: TrainConfig, given: set[str]) -> int:
     predictor = Predictor(
         cfg.model, conf=cfg.conf if "conf" in given else None, imgsz=cfg.imgsz if "imgsz" in given else None,
         device=cfg.device, backend=cfg.backend, cut_padding=cfg.cut_padding, threads=cfg.threads,
-        batch=int(cfg.batch) if "batch" in given and cfg.batch >= 1 else 8,
+        batch=int(cfg.batch) if "batch" in given and cfg.batch >= 1 else 8, decoder_layers=cfg.decoder_layers,
     )
     save_dir = Path(cfg.save_dir) if cfg.save_dir else increment_path(Path(cfg.project) / "predict" / (cfg.name or "predict"), cfg.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -37,11 +37,14 @@ class Predictor:
         cut_padding: bool = False,
         batch: int = 8,
         threads: int | None = None,
+        decoder_layers: int | None = None,
     ) -> None:
         """``conf=None`` uses the thresholds stored with the model (per class when a training
         run chose them), else 0.25. ``imgsz`` defaults to the model's own size; a different one
-        needs a backend with free height/width (torch, or an export with dynamic=true)."""
-        self.backend = model if isinstance(model, Backend) else load_backend(model, backend, device, threads)
+        needs a backend with free height/width (torch, or an export with dynamic=true).
+        ``decoder_layers``: for a .pt of a DETR, predict from its first N decoder layers."""
+        self.backend = model if isinstance(model, Backend) else load_backend(model, backend, device, threads,
+                                                                             decoder_layers)
         self.source = str(getattr(model, "name", model))
         meta = self.backend.meta
         self.names: list[str] = list(meta.names)

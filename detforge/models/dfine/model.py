@@ -125,6 +125,18 @@ class DFine(DetectionModel):
         hw = torch._shape_as_tensor(images)[2:] if torch.jit.is_tracing() else tuple(images.shape[-2:])
         return topk_detections(outputs["pred_logits"], outputs["pred_boxes"], hw, max_det)
 
+    def set_decoder_layers(self, layers: int) -> "DFine":
+        """Predict from the first ``layers`` decoder layers (every layer's heads are trained, as
+        in RT-DETR's speed tuning): each layer dropped saves a fixed share of the decoder's
+        per-image cost, usually for a little accuracy (benchmarks/RESULTS.md). Inference only."""
+        available = self.decoder.num_layers
+        if not 1 <= int(layers) <= available:
+            raise ValueError(f"decoder_layers={layers}: this D-FINE-{self.size.upper()} has {available} decoder "
+                             f"layers{' left after deploy()' if hasattr(self.decoder, 'project') else ''}; "
+                             f"choose 1..{available}")
+        self.decoder.eval_idx = int(layers) - 1
+        return self
+
     def deploy(self, fuse_backbone: bool = True) -> "DFine":
         """Inference form: the backbone's conv-norm-activation(-affine) blocks and the encoder's
         RepVGG branches and conv-norm pairs fused, training-only decoder heads and the denoising
