@@ -90,3 +90,11 @@ def test_bench_data_counts_images(tmp_path, synthetic_root):
                                   "batches": 3, "warmup": 1, "out": str(tmp_path)}) == 0
     rows = list(csv.DictReader(open(tmp_path / "data_speed.csv")))
     assert len(rows) == 1 and int(rows[0]["images"]) == 12 and float(rows[0]["per_core"]) > 0
+
+
+def test_bench_latency_with_fewer_decoder_layers(tmp_path):
+    assert bench_command("latency", {"model": "dfine-n", "backend": "torch", "batch": "1", "imgsz": 64, "threads": 1,
+                                     "warmup": 1, "iters": 2, "decoder_layers": 1, "out": str(tmp_path)}) == 0
+    assert "decoder layers 1" in (tmp_path / "latency.md").read_text()
+    with pytest.raises(ValueError, match="no decoder layers"):  # a CNN (the command line prints this line)
+        bench_command("latency", {"model": "fcos-n", "batch": "1", "imgsz": 64, "decoder_layers": 1, "out": str(tmp_path)})

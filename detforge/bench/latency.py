@@ -21,7 +21,7 @@ LOG = logging.getLogger("detforge")
 DEFAULTS = {
     "model": "", "backend": "", "batch": "1,2,4,8", "imgsz": 640, "threads": 0, "device": "cpu",
     "include_io": False, "source": "", "warmup": 10, "iters": 50, "num_classes": 80, "dynamic": False,
-    "half": False, "out": "runs/bench/latency",
+    "half": False, "decoder_layers": None, "out": "runs/bench/latency",
 }
 COLUMNS = [
     ("batch", "Batch size", ""), ("throughput", "Throughput (img/s)", ".1f"), ("avg_ms", "Latency avg (ms)", ".2f"),
@@ -65,17 +65,24 @@ def build_backend(opts: dict, workdir: Path):
     path = Path(source)
     backend = opts["backend"] or SUFFIX_BACKEND.get(path.suffix.lower(), "torch")
     threads = int(opts["threads"]) or None
+    layers = opts["decoder_layers"]
+    if layers in ("", "None", "none"):
+        layers = None
+    if layers is not None:
+        if not str(layers).isdigit() or int(layers) < 1:
+            raise ValueError(f"bench latency: decoder_layers must be a whole number >= 1, got {layers!r}")
+        layers = int(layers)
     if path.suffix.lower() in (".onnx", ".xml", ".engine") or (path.suffix == ".pt" and backend == "torch"):
-        return load_backend(path, backend, opts["device"], threads)
-    if path.suffix == ".pt":
-        from detforge.engine.checkpoint import load_detector_checkpoint
+        return load_backend(path, backend, opts["device"], threads, layers)
+    from detforge.engine.checkpoint import load_detector_checkpoint, set_decoder_layers
 
-        model, ckpt = load_detector_checkpoint(path)
+    if path.suffix == ".pt":
+        model, ckpt = load_detector_checkpoint(path, decoder_layers=layers)
         names = list(ckpt.get("names") or [str(i) for i in range(model.num_classes)])
     else:
         from detforge.models.zoo import build_model
 
-        model = build_model(source, int(opts["num_classes"])).eval()
+        model = set_decoder_layers(build_model(source, int(opts["num_classes"])).eval(), layers)
         names = [str(i) for i in range(model.num_classes)]
     imgsz = int(opts["imgsz"])
     if backend == "torch":
@@ -123,7 +130,8 @@ def run_latency(args: dict) -> list[dict]:
             rows.append(row)
             LOG.info("batch %d: p50 %.2f ms, %.1f img/s", batch, row["p50_ms"], row["throughput"])
     title = (f"latency: {opts['model']} | backend {backend.name} | {imgsz}x{imgsz} | threads {opts['threads'] or 'default'}"
-             f" | device {opts['device']} | {'read + preprocess + model' if opts['include_io'] else 'model only'}")
+             f" | device {opts['device']} | {'read + preprocess + model' if opts['include_io'] else 'model only'}"
+             + (f" | decoder layers {opts['decoder_layers']}" if opts["decoder_layers"] not in (None, "") else ""))
     table = write_report(rows, COLUMNS, Path(opts["out"]), "latency", title)
     print(f"{title}\n{table}")
     return rows
