@@ -29,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from onnx_latency import export_yolo  # noqa: E402
 from peers_env import ensure_peers  # noqa: E402
 
 DETFORGE_RUN = """
@@ -66,12 +67,6 @@ for path in paths:
 print(json.dumps({"ms": times, "boxes": boxes, "parts": parts}))
 """
 
-YOLO_EXPORT = """
-import sys
-from ultralytics import YOLO
-print(YOLO(sys.argv[1]).export(format="onnx", imgsz=int(sys.argv[2]), opset=17, simplify=False, dynamic=False, batch=1))
-"""
-
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -98,10 +93,8 @@ def main() -> None:
     detforge_onnx = Detector(str(args.detforge)).export(format="onnx", imgsz=args.imgsz,
                                                        out=str(args.work / f"detforge_{args.imgsz}"))
     yolo_copy = args.work / f"yolo_{args.imgsz}.pt"
-    yolo_copy.write_bytes(args.yolo.read_bytes())  # the export lands beside the weights
-    subprocess.run([str(peers), "-c", YOLO_EXPORT, str(yolo_copy), str(args.imgsz)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    yolo_onnx = yolo_copy.with_suffix(".onnx")
+    yolo_copy.write_bytes(args.yolo.read_bytes())  # the export lands in the work folder with it
+    yolo_onnx = export_yolo(peers, yolo_copy.name, args.work, args.imgsz)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     times: dict[str, list[float]] = {"detforge": [], "ultralytics": []}
     boxes: dict[str, int] = {}

@@ -49,10 +49,12 @@ def export_detforge(name: str, out: Path, imgsz: int, trained_like: bool = True)
     return export_model(model, [str(i) for i in range(80)], "onnx", out / f"detforge_{name}_{tag}", imgsz=imgsz)
 
 
-def export_yolo(peers_python: Path, name: str, out: Path, imgsz: int) -> Path:
-    subprocess.run([str(peers_python), "-c", YOLO_EXPORT, f"{name}.yaml", str(imgsz)], cwd=out, check=True,
+def export_yolo(peers_python: Path, weights: str, out: Path, imgsz: int) -> Path:
+    """Ultralytics' own ONNX export of ``weights`` (a model yaml: fresh weights, or a .pt in
+    ``out``); the file lands in ``out`` under the same stem."""
+    subprocess.run([str(peers_python), "-c", YOLO_EXPORT, weights, str(imgsz)], cwd=out, check=True,
                    stdout=subprocess.DEVNULL)
-    return out / f"{name}.onnx"
+    return out / f"{Path(weights).stem}.onnx"
 
 
 def export_official(peers_python: Path, source: Path, size: str, out: Path, imgsz: int, trained_like: bool = True) -> Path:
@@ -109,7 +111,7 @@ def main() -> None:
         if args.official and args.official.is_dir():
             models[f"official D-FINE-{size.upper()}"] = export_official(peers, args.official, size, args.work, args.imgsz,
                                                                         trained_like)
-        models[f"Ultralytics YOLO11{size}"] = export_yolo(peers, f"yolo11{size}", args.work, args.imgsz)
+        models[f"Ultralytics YOLO11{size}"] = export_yolo(peers, f"yolo11{size}.yaml", args.work, args.imgsz)
     sessions = {name: session(path, args.threads) for name, path in models.items()}
     inputs = {name: feeds(s, args.imgsz) for name, s in sessions.items()}
     times: dict[str, list[float]] = {name: [] for name in sessions}
