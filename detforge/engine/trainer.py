@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -51,16 +50,12 @@ LOG = logging.getLogger("detforge")
 METRIC_KEYS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou")
 
 
-_LOSS_PART = re.compile(r"^(loss_[a-z0-9]+?)(_(aux|dn|pre|enc)(_\d+)?)*$")
-
-
-def group_losses(losses: dict[str, float]) -> dict[str, float]:
-    """DETRs report one term per decoder layer, denoising group and encoder head (38 for
-    D-FINE); metrics.csv and the progress bar show one column per kind (the sum over layers)."""
+def group_losses(losses: dict[str, float], group=lambda name: name) -> dict[str, float]:
+    """One column per kind of loss in metrics.csv and the progress bar: the family's
+    ``loss_group`` names the column of each term (a DETR sums its per-layer terms)."""
     out: dict[str, float] = {}
     for k, v in losses.items():
-        m = _LOSS_PART.match(k)
-        base = m.group(1) if m else k
+        base = group(k)
         out[base] = out.get(base, 0.0) + v
     return out
 
@@ -281,16 +276,10 @@ class Trainer:
         return updated
 
     def _model_options(self, name: str) -> dict[str, Any]:
-        """Loss settings of the config, in the form each family's constructor takes."""
+        """The config's settings in the form the family's constructor takes."""
         from detforge.models.zoo import get_spec
 
-        family = get_spec(name).family
-        if family == "dfine":
-            opts: dict[str, Any] = {"label_smoothing": self.cfg.label_smoothing}
-            if self.cfg.mal is not None:
-                opts["use_mal"] = self.cfg.mal
-            return {"loss_options": opts}
-        return {"label_smoothing": self.cfg.label_smoothing}
+        return get_spec(name).options(self.cfg)
 
     def _build_model(self) -> torch.nn.Module:
         cfg = self.cfg
@@ -536,7 +525,7 @@ class Trainer:
                 continue
             bad_in_row = 0
             micro += 1
-            logged = group_losses(dist_utils.reduce_loss_dict(loss_dict))
+            logged = group_losses(dist_utils.reduce_loss_dict(loss_dict), self.model.loss_group)
             logged["loss"] = sum(logged.values())
             for k, v in logged.items():
                 sums[k] = sums.get(k, 0.0) + v

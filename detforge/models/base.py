@@ -9,7 +9,13 @@ Conventions (the same for every family):
 - training forward (``model.train()`` and targets given) returns a dict of *weighted* loss
   terms whose sum is the loss to minimise;
 - evaluation forward returns the family's raw outputs; ``postprocess`` turns them into one
-  dict per image with ``boxes`` (xyxy, input pixels), ``scores`` (descending) and ``labels``.
+  dict per image with ``boxes`` (xyxy, input pixels), ``scores`` (descending) and ``labels``;
+- a family that predicts instance masks sets ``supports_masks``; its targets then also carry
+  ``masks`` (uint8 [N, H, W]) and its postprocess returns ``masks`` too. Other families never
+  see masks.
+
+What the engine needs before a model exists (recipe, constructor options from the config,
+foreign weight readers) is on the family's ``ModelSpec`` in models/zoo.py.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ class DetectionModel(nn.Module):
     stride: int = 32
     # state-dict prefixes that get ``backbone_lr_mult``
     backbone_prefixes: tuple[str, ...] = ("backbone.",)
+    # instance masks in targets and outputs (two-stage mask heads)
+    supports_masks: bool = False
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
@@ -47,6 +55,7 @@ class DetectionModel(nn.Module):
         return self
 
     @staticmethod
-    def recipe() -> dict[str, Any]:
-        """Default hyperparameters of this family (keys are TrainConfig fields)."""
-        return {}
+    def loss_group(name: str) -> str:
+        """The column a loss term is summed into in logs (e.g. a DETR's per-layer terms
+        ``loss_bbox_aux_3`` -> ``loss_bbox``); the identity by default."""
+        return name

@@ -1,23 +1,60 @@
-"""Model names -> constructors. Families register themselves when their module is imported."""
+"""Model names -> family descriptors. Families register themselves when their module is imported.
+
+A ``ModelSpec`` holds everything the engine needs to know about a model *before* it is built,
+so the configuration can be resolved once, with no family names in the engine:
+
+- ``build(num_classes=..., **options)``: the constructor;
+- ``recipe(epochs, pretrained)``: the family's default training settings as TrainConfig keys
+  (run sizes such as imgsz / batch / epochs are never in it);
+- ``options(cfg)``: the constructor keyword arguments the family takes from the resolved
+  config (loss settings, anchors, ASFF, ...);
+- ``load_weights(model, path)``: the family's own reader for foreign weight files given as
+  ``pretrained=PATH`` (official checkpoints, Darknet .weights, ...); ``None`` means the generic
+  name-and-shape matching of detforge/engine checkpoints;
+- ``published``: named published weights (``pretrained=NAME``), filled by the weights hub.
+
+What the engine needs from a *built* model (stride, loss grouping for logs, backbone prefixes,
+post-processing, export forward) is on ``DetectionModel`` (models/base.py).
+"""
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from detforge.models.base import DetectionModel
+
+
+def no_recipe(epochs: int, pretrained: bool = False) -> dict[str, Any]:
+    return {}
+
+
+def default_options(cfg: Any) -> dict[str, Any]:
+    """Every family's constructor takes ``label_smoothing``."""
+    return {"label_smoothing": float(getattr(cfg, "label_smoothing", 0.0))}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
     family: str
-    build: Callable[..., DetectionModel]  # build(num_classes=..., **kw)
+    build: Callable[..., DetectionModel]  # build(num_classes=..., **options)
     description: str = ""
+    recipe: Callable[[int, bool], dict[str, Any]] = no_recipe
+    options: Callable[[Any], dict[str, Any]] = default_options
+    load_weights: Callable[[DetectionModel, str], Any] | None = None
+    published: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
+FAMILY_MODULES = (
+    "detforge.models.dfine",
+    "detforge.models.fcos",
+    "detforge.models.yolov3",
+    "detforge.models.efficientdet",
+    "detforge.models.rcnn",
+)
 
 
 def register(spec: ModelSpec) -> None:
@@ -28,7 +65,7 @@ def _load_families() -> None:
     # imported here, not at module top, so zoo stays a leaf the families can import
     import importlib
 
-    for mod in ("detforge.models.dfine", "detforge.models.fcos"):
+    for mod in FAMILY_MODULES:
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:  # a family not written yet must not break the others

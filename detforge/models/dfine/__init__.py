@@ -5,18 +5,40 @@ from __future__ import annotations
 from functools import partial
 
 from detforge.models.dfine.model import DFine
+from detforge.models.dfine.recipe import small_data_recipe
 from detforge.models.dfine.sizes import SIZES, official_recipe
 from detforge.models.dfine.weights import load_official
 from detforge.models.zoo import ModelSpec, register
 
 _BACKBONES = {"n": "HGNetv2-B0, 2 levels", "s": "HGNetv2-B0", "m": "HGNetv2-B2", "l": "HGNetv2-B4", "x": "HGNetv2-B5"}
 
+
+
+def _options(cfg) -> dict:
+    """Loss settings from the config, in the form DFine's constructor takes."""
+    loss = {"label_smoothing": float(cfg.label_smoothing)}
+    if getattr(cfg, "mal", None) is not None:
+        loss["use_mal"] = bool(cfg.mal)
+    return {"loss_options": loss}
+
+
+def _recipe(size: str):
+    def recipe(epochs: int, pretrained: bool = False) -> dict:
+        return small_data_recipe(size, epochs=epochs, from_pretrained=pretrained)
+
+    return recipe
+
+
+# D-FINE's constructor takes pretrained= itself (it reads official checkpoints and freezes what
+# the official config freezes over pretrained weights), so no separate load_weights here
 for _size in SIZES:
     register(ModelSpec(
         name=f"dfine-{_size}",
         family="dfine",
         build=partial(DFine, _size),
         description=f"D-FINE-{_size.upper()} ({_BACKBONES[_size]}); NMS-free real-time DETR",
+        recipe=_recipe(_size),
+        options=_options,
     ))
 
 __all__ = ["DFine", "SIZES", "load_official", "official_recipe"]

@@ -6,6 +6,7 @@ transforms end with ConvertPILImage(scale=True)), so official checkpoints see wh
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -148,6 +149,17 @@ class DFine(DetectionModel):
         self.encoder.fuse()
         self.decoder.deploy()
         return self
+
+    # ---- logs
+
+    _LOSS_PART = re.compile(r"^(loss_[a-z0-9]+?)(_(aux|dn|pre|enc)(_\d+)?)*$")
+
+    @staticmethod
+    def loss_group(name: str) -> str:
+        """D-FINE reports one term per decoder layer, denoising group and encoder head (38 for
+        N); logs show one column per kind, e.g. ``loss_fgl_dn_2`` -> ``loss_fgl``."""
+        m = DFine._LOSS_PART.match(name)
+        return m.group(1) if m else name
 
     # ---- recipe
 

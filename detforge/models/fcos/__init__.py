@@ -10,6 +10,7 @@ _DESCRIPTIONS = {
 }
 
 for _size in SIZES:
-    register(ModelSpec(name=f"fcos-{_size}", family="fcos", build=build_fcos(_size), description=_DESCRIPTIONS[_size]))
+    register(ModelSpec(name=f"fcos-{_size}", family="fcos", build=build_fcos(_size), description=_DESCRIPTIONS[_size],
+                       recipe=lambda epochs, pretrained=False: FCOS.recipe()))
 
 __all__ = ["FCOS", "SIZES", "build_fcos"]
