@@ -105,3 +105,21 @@ def test_boxes_tightly_bound_the_drawn_shapes():
         if len(r.boxes) == 0:
             assert not changed.any()
     assert single >= 5
+
+
+def test_objects_range_sets_a_sparse_set_and_leaves_the_default_alone(tmp_path):
+    sparse = [render_sample(np.random.default_rng([7, i]), 128, objects=(1, 2)) for i in range(40)]
+    counts = Counter(len(s.labels) for s in sparse)
+    assert set(counts) <= {0, 1, 2} and counts[1] > 0 and counts[2] > 0
+    # the default range draws the same images as before the setting existed
+    for a, b in zip(_renders(5), [render_sample(np.random.default_rng([7, i]), 128, objects=(1, 6)) for i in range(5)]):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.boxes, b.boxes)
+    root = ensure_synthetic(tmp_path / "sp", n_train=6, n_val=2, size=64, objects=(1, 2))
+    assert json.loads((root / MANIFEST).read_text())["objects"] == [1, 2]
+    assert "objects" not in json.loads((ensure_synthetic(tmp_path / "d", n_train=2, n_val=1, size=64) / MANIFEST).read_text())
+    try:
+        render_sample(np.random.default_rng(0), 64, objects=(2, 1))
+    except ValueError as e:
+        assert "objects=(2, 1)" in str(e)
+    else:
+        raise AssertionError("objects=(2, 1) was accepted")

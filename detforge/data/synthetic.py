@@ -3,7 +3,8 @@
 Four classes (circle, square, triangle, star) of varied size (8-40% of the image side),
 aspect, rotation, colour and texture (solid, stripes, noise, gradient) over backgrounds of
 gradients, soft blobs, lines and noise; some objects overlap and about 10% of the images hold
-no object. Everything comes from numpy Generators seeded per image, so the files are the
+no object (``objects=(lo, hi)`` sets the range of objects in the others: 1-6 by default, (1, 2)
+for a sparse set). Everything comes from numpy Generators seeded per image, so the files are the
 same bytes on every run (and the dataset needs no network). Written in the YOLO layout with
 a data.yaml; a manifest written last marks the folder complete, so an interrupted generation
 is detected and redone.
@@ -33,6 +34,7 @@ SIDE_RANGE = (0.08, 0.40)  # object side as a fraction of the image side
 MIN_CONTRAST = 60.0  # least distance between an object's colour and the local background mean
 _OUR_ENTRIES = ("images", "labels", "data.yaml", MANIFEST)
 _DEFAULTS = {"n_train": 240, "n_val": 60, "size": 320, "seed": 0}
+DEFAULT_OBJECTS = (1, MAX_OBJECTS)
 
 
 @dataclass
@@ -43,18 +45,31 @@ class SyntheticImage:
     labels: np.ndarray  # int64 [N]
 
 
-def default_root(n_train: int, n_val: int, size: int, seed: int) -> Path:
+def default_root(n_train: int, n_val: int, size: int, seed: int, objects: tuple[int, int] = DEFAULT_OBJECTS) -> Path:
     cache = Path(os.environ.get("DETFORGE_CACHE", "~/.cache/detforge")).expanduser()
     spec = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
     suffix = "" if spec == _DEFAULTS else f"-{n_train}-{n_val}-{size}-{seed}"
+    if tuple(objects) != DEFAULT_OBJECTS:
+        suffix += f"-obj{objects[0]}-{objects[1]}"
     return cache / f"synthetic-v{VERSION}{suffix}"
 
 
+def _check_objects(objects) -> tuple[int, int]:
+    lo, hi = (int(v) for v in objects)
+    if not 1 <= lo <= hi:
+        raise ValueError(f"synthetic dataset: objects=({lo}, {hi}) must satisfy 1 <= lo <= hi")
+    return lo, hi
+
+
 def ensure_synthetic(root: Path | None = None, n_train: int = 240, n_val: int = 60, size: int = 320,
-                     seed: int = 0) -> Path:
-    """Folder of the synthetic dataset (with data.yaml), generating it unless already complete."""
-    root = Path(root).expanduser() if root is not None else default_root(n_train, n_val, size, seed)
+                     seed: int = 0, objects: tuple[int, int] = DEFAULT_OBJECTS) -> Path:
+    """Folder of the synthetic dataset (with data.yaml), generating it unless already complete.
+    ``objects``: (fewest, most) objects in an image that has any."""
+    objects = _check_objects(objects)
+    root = Path(root).expanduser() if root is not None else default_root(n_train, n_val, size, seed, objects)
     spec = {"version": VERSION, "n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
+    if objects != DEFAULT_OBJECTS:  # the default manifest stays as it was, so existing copies stay valid
+        spec["objects"] = list(objects)
     if is_complete(root, spec):
         return root
     # build beside the target, then move in: a crash mid-way never leaves a folder that looks complete
@@ -103,7 +118,7 @@ def _generate(out: Path, spec: dict) -> None:
         (out / "labels" / split).mkdir(parents=True)
         for i in range(count):
             rng = np.random.default_rng([spec["seed"], split_index, i])
-            sample = render_sample(rng, spec["size"])
+            sample = render_sample(rng, spec["size"], tuple(spec.get("objects", DEFAULT_OBJECTS)))
             stem = f"{split}_{i:05d}"
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(sample.image, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, 92])
@@ -122,11 +137,13 @@ def _generate(out: Path, spec: dict) -> None:
     (out / MANIFEST).write_text(json.dumps({**spec, "names": list(NAMES), "files": files}, indent=1))
 
 
-def render_sample(rng: np.random.Generator, size: int) -> SyntheticImage:
-    """One image with its objects; ``background`` lets tests check what each box holds."""
+def render_sample(rng: np.random.Generator, size: int, objects: tuple[int, int] = DEFAULT_OBJECTS) -> SyntheticImage:
+    """One image with its objects (``objects``: fewest, most, when it has any); ``background``
+    lets tests check what each box holds."""
+    lo, hi = _check_objects(objects)
     background = _background(rng, size)
     image = background.copy()
-    n = 0 if rng.random() < BACKGROUND_FRACTION else int(rng.integers(1, MAX_OBJECTS + 1))
+    n = 0 if rng.random() < BACKGROUND_FRACTION else int(rng.integers(lo, hi + 1))
     boxes: list[list[float]] = []
     labels: list[int] = []
     for _ in range(n):
