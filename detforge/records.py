@@ -30,14 +30,24 @@ class Sample:
     labels: np.ndarray  # int64 [N], 0-based indices into the dataset's names
     width: int
     height: int
+    # crowd regions (COCO iscrowd=1): ignore regions for evaluation, never training targets
+    crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # float32 [M, 4]
+    crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [M]
+    image_id: int | str | None = None  # the annotation file's own image id, where it has one (COCO)
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
         self.boxes = _as_boxes(self.boxes)
         self.labels = _as_labels(self.labels)
+        self.crowd_boxes = _as_boxes(self.crowd_boxes)
+        self.crowd_labels = _as_labels(self.crowd_labels)
         if len(self.boxes) != len(self.labels):
             raise ValueError(
                 f"{self.image_path}: {len(self.boxes)} boxes but {len(self.labels)} labels"
+            )
+        if len(self.crowd_boxes) != len(self.crowd_labels):
+            raise ValueError(
+                f"{self.image_path}: {len(self.crowd_boxes)} crowd regions but {len(self.crowd_labels)} labels"
             )
 
     @property
@@ -92,6 +102,8 @@ class DetectionData:
     root: Path
     layout: str  # "yolo", "coco", "voc", "csv", "data.yaml", "synthetic"
     problems: list[Problem] = field(default_factory=list)
+    # the annotation file's category id of each class (COCO); None: ids 1..K, as written to COCO
+    category_ids: list[int] | None = None
 
     @property
     def num_classes(self) -> int:

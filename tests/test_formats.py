@@ -151,10 +151,16 @@ def test_coco_category_ids_of_any_base_map_to_sorted_contiguous_labels(tmp_path,
     np.testing.assert_allclose(a.boxes, [[4.5, 6, 14.5, 26], [0, 0, 5, 5]])
     assert a.labels.tolist() == [order.index(cat_ids[0]), order.index(cat_ids[2])]
     assert _by_name(data.splits["train"])["b.jpg"].is_background
-    assert _kinds(data) == ["crowd_ignored"] and "annotation id 3" in data.problems[0].message
+    # the crowd region is an ignore region of the sample, not a box and not a problem
+    np.testing.assert_allclose(a.crowd_boxes, [[1, 1, 31, 31]])
+    assert a.crowd_labels.tolist() == [order.index(cat_ids[1])] and a.image_id == 10
+    assert data.category_ids == order and _kinds(data) == []
     out = write_dataset(data, tmp_path / "out", "coco")
     doc = json.loads((out / "annotations/instances_train.json").read_text())
     assert [c["id"] for c in doc["categories"]] == [1, 2, 3]
+    crowd = [a for a in doc["annotations"] if a["iscrowd"]]
+    assert len(crowd) == 1 and crowd[0]["bbox"] == [1, 1, 30, 30]
+    assert crowd[0]["category_id"] == order.index(cat_ids[1]) + 1
     assert [c["name"] for c in doc["categories"]] == data.names
 
 

@@ -245,7 +245,8 @@ def test_unknown_ids_are_counted_and_left_out(tmp_path, caplog):
     pred_path.write_text(json.dumps(preds))
     with caplog.at_level(logging.WARNING):
         m = evaluate_files(gt_path, pred_path, save_dir=tmp_path / "out")
-    assert m["left_out"] == {"unknown_image_id": 1, "unknown_category_id": 2, "crowd_annotations": 1}
+    assert m["left_out"] == {"unknown_image_id": 1, "unknown_category_id": 2}
+    assert m["crowd_regions"] == 1  # an ignore region, not a left-out annotation
     assert str(pred_path) in caplog.text and "left out 1 predictions" in caplog.text
     assert (m["tp"], m["fp"], m["fn"]) == (1, 0, 0)
     assert m["map50"] == pytest.approx(1.0)

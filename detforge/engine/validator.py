@@ -65,7 +65,9 @@ def evaluate(model, loader, names, conf, iou_thr, device, amp_dtype=None, max_de
         evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
         for idx in sorted(merged):
             s = samples[idx]
-            evaluator.add(s.boxes, s.labels, merged[idx], (s.height, s.width))
+            # crowd regions (COCO iscrowd=1) reach the evaluator as ignore regions
+            evaluator.add(s.boxes, s.labels, merged[idx], (s.height, s.width),
+                          crowd_boxes=s.crowd_boxes, crowd_labels=s.crowd_labels)
         result = (evaluator.compute(), evaluator, merged)
     metrics = dist_utils.broadcast_object(result[0] if result else None)
     return (metrics, result[1], result[2]) if result else (metrics, None, {})

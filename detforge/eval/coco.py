@@ -2,7 +2,8 @@
 
 Inputs stay in detforge's records (absolute xyxy boxes, 0-based labels); this module builds the
 in-memory COCO dicts (image ids 1..N, category ids 1..K, xywh boxes, ``area = w * h`` unless the
-caller passes the file's own areas, ``iscrowd = 0``) and reads the results back.
+caller passes the file's own areas, ``iscrowd = 0``; crowd regions, when given, go in with
+``iscrowd = 1``, which COCOeval treats as ignore regions) and reads the results back.
 
 Absent values: COCO marks a metric it cannot compute (no ground truth in that area range or
 class) with -1; detforge reports 0.0 for those so every key is always a plain number.
@@ -34,11 +35,14 @@ def to_coco(
     num_classes: int,
     image_sizes: Sequence[tuple[int, int]],
     gt_areas: Sequence[np.ndarray | None] | None = None,
+    crowds: Sequence[GroundTruth] | None = None,
 ) -> tuple[dict, list[dict]]:
     """Build (ground-truth dataset dict, detection results list) in COCO form.
 
     ``image_sizes`` are (h, w) per image; ``gt_areas`` optionally gives each image's annotation
-    areas (e.g. segmentation areas from a COCO file), which decide small/medium/large.
+    areas (e.g. segmentation areas from a COCO file), which decide small/medium/large;
+    ``crowds`` gives each image's crowd regions (boxes xyxy, labels) as ``iscrowd = 1``
+    annotations (their area decides nothing: COCOeval ignores crowd regions in every range).
     """
     if not (len(gt) == len(dets) == len(image_sizes)):
         raise ValueError(
@@ -67,6 +71,14 @@ def to_coco(
                     "iscrowd": 0,
                 }
             )
+        if crowds is not None:
+            crowd_boxes, crowd_labels = crowds[i]
+            crowd_labels = np.asarray(crowd_labels, dtype=np.int64).reshape(-1)
+            _check_labels(crowd_labels, num_classes, f"crowd regions of image {i}")
+            crowd_xywh = _xywh(crowd_boxes)
+            for box, label in zip(crowd_xywh.tolist(), (crowd_labels + 1).tolist()):
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label,
+                                    "bbox": box, "area": box[2] * box[3], "iscrowd": 1})
         _check_labels(det.labels, num_classes, f"detections of image {i}")
         det_labels = (np.asarray(det.labels, np.int64) + 1).tolist()
         det_scores = np.asarray(det.scores, np.float64).tolist()
@@ -94,6 +106,7 @@ def coco_map(
     num_classes: int,
     image_sizes: Sequence[tuple[int, int]],
     gt_areas: Sequence[np.ndarray | None] | None = None,
+    crowds: Sequence[GroundTruth] | None = None,
 ) -> dict:
     """COCO bbox mAP (maxDets 100, the standard) plus per-class AP50-95 and AP50.
 
@@ -101,7 +114,7 @@ def coco_map(
     reports -1) and ``per_class_ap50_95``, ``per_class_ap50`` (lists of K floats; 0.0 for a
     class without ground truth). With no detections at all every AP is 0.0.
     """
-    gt_dict, results = to_coco(gt, dets, num_classes, image_sizes, gt_areas)
+    gt_dict, results = to_coco(gt, dets, num_classes, image_sizes, gt_areas, crowds)
     zeros = {k: 0.0 for k in SUMMARY_KEYS}
     zeros["per_class_ap50_95"] = [0.0] * num_classes
     zeros["per_class_ap50"] = [0.0] * num_classes

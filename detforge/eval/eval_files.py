@@ -3,8 +3,9 @@
 ``gt`` is a COCO dataset json (images, annotations, categories), ``pred`` a COCO results json
 (a list of ``{image_id, category_id, bbox [x, y, w, h], score}``). Category ids may be anything
 the gt file uses: classes are the gt's categories sorted by id. Predictions naming an image or
-category the gt does not have are left out and counted; crowd annotations (``iscrowd: 1``) are
-left out of the ground truth and counted (detforge's metrics have no ignore regions).
+category the gt does not have are left out and counted. Crowd annotations (``iscrowd: 1``) are
+ignore regions, as in pycocotools: a prediction on one is neither a TP nor an FP, for the COCO
+mAP and the fixed-threshold P/R/F1 alike (``detforge.eval.threshold`` states the rule).
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ def evaluate_files(
     gt_boxes = [[] for _ in range(n_images)]
     gt_labels = [[] for _ in range(n_images)]
     gt_areas = [[] for _ in range(n_images)]
+    crowd_boxes = [[] for _ in range(n_images)]
+    crowd_labels = [[] for _ in range(n_images)]
     crowd = 0
     for i, ann in enumerate(gt["annotations"]):
         where = f"annotations[{i}]"
@@ -107,11 +110,13 @@ def evaluate_files(
             raise ValueError(f"{gt_path}: {where} refers to image_id {ann['image_id']!r}, not in images")
         if ann["category_id"] not in cat_index:
             raise ValueError(f"{gt_path}: {where} refers to category_id {ann['category_id']!r}, not in categories")
-        if ann.get("iscrowd", 0):
-            crowd += 1
-            continue
         box = _bbox_xyxy(ann["bbox"], gt_path, where)
         j = image_index[ann["image_id"]]
+        if ann.get("iscrowd", 0):
+            crowd += 1
+            crowd_boxes[j].append(box)
+            crowd_labels[j].append(cat_index[ann["category_id"]])
+            continue
         gt_boxes[j].append(box)
         gt_labels[j].append(cat_index[ann["category_id"]])
         gt_areas[j].append(float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))))
@@ -149,7 +154,7 @@ def evaluate_files(
             pred_path, unknown_image, gt_path.name, unknown_category,
         )
     if crowd:
-        log.warning("%s: left out %d crowd annotations (iscrowd=1) from the ground truth", gt_path, crowd)
+        log.info("%s: %d crowd regions (iscrowd=1) used as ignore regions", gt_path, crowd)
 
     evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
     for j, img in enumerate(gt["images"]):
@@ -163,13 +168,15 @@ def evaluate_files(
             det,
             (int(img.get("height", 0)), int(img.get("width", 0))),
             gt_areas=np.asarray(gt_areas[j], np.float64),
+            crowd_boxes=np.asarray(crowd_boxes[j], np.float64).reshape(-1, 4),
+            crowd_labels=np.asarray(crowd_labels[j], np.int64),
         )
     metrics = evaluator.compute()
     metrics["left_out"] = {
         "unknown_image_id": unknown_image,
         "unknown_category_id": unknown_category,
-        "crowd_annotations": crowd,
     }
+    metrics["crowd_regions"] = crowd
 
     out_dir = increment_dir(Path("runs/eval/eval")) if save_dir is None else Path(save_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -63,15 +63,22 @@ class Evaluator:
         det: Detections,
         image_size: tuple[int, int],
         gt_areas: np.ndarray | None = None,
+        crowd_boxes: np.ndarray | None = None,
+        crowd_labels: np.ndarray | None = None,
     ) -> None:
         """One image: GT (xyxy absolute, 0-based labels), its detections, (h, w); ``gt_areas``
-        optionally overrides the box areas COCO uses for small/medium/large."""
+        optionally overrides the box areas COCO uses for small/medium/large; ``crowd_boxes`` /
+        ``crowd_labels`` are its crowd regions (ignore regions for every metric, as in COCO)."""
         boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
         if len(boxes) != len(labels):
             raise ValueError(f"image {len(self._images)}: {len(boxes)} GT boxes but {len(labels)} labels")
         k = len(self.names)
-        for what, lab in (("ground-truth", labels), ("detection", det.labels)):
+        crowd = np.asarray(crowd_boxes if crowd_boxes is not None else np.zeros((0, 4)), np.float32).reshape(-1, 4)
+        crowd_lab = np.asarray(crowd_labels if crowd_labels is not None else np.zeros(0), np.int64).reshape(-1)
+        if len(crowd) != len(crowd_lab):
+            raise ValueError(f"image {len(self._images)}: {len(crowd)} crowd regions but {len(crowd_lab)} labels")
+        for what, lab in (("ground-truth", labels), ("detection", det.labels), ("crowd region", crowd_lab)):
             if lab.size and (lab.min() < 0 or lab.max() >= k):
                 raise ValueError(
                     f"image {len(self._images)}: {what} class ids {np.unique(lab).tolist()} "
@@ -89,6 +96,8 @@ class Evaluator:
                 np.asarray(det.labels, np.int64).copy(),
                 (int(image_size[0]), int(image_size[1])),
                 areas,
+                crowd,
+                crowd_lab,
             )
         )
 
@@ -106,16 +115,19 @@ class Evaluator:
     # ---- metrics ---------------------------------------------------------------------------
     def _matches(self, conf: float) -> list:
         return [
-            match_image(gb, gl, db, ds, dl, conf=conf, iou_thr=self.iou_thr)
-            for gb, gl, db, ds, dl, _, _ in self._images
+            match_image(im[0], im[1], im[2], im[3], im[4], conf=conf, iou_thr=self.iou_thr,
+                        crowd_boxes=im[7], crowd_labels=im[8])
+            for im in self._images
         ]
 
     def compute(self) -> dict:
-        gt = [(gb, gl) for gb, gl, *_ in self._images]
-        dets = [Detections(db, ds, dl) for _, _, db, ds, dl, _, _ in self._images]
+        gt = [(im[0], im[1]) for im in self._images]
+        dets = [Detections(im[2], im[3], im[4]) for im in self._images]
         sizes = [im[5] for im in self._images]
         areas = [im[6] for im in self._images]
-        coco = coco_map(gt, dets, len(self.names), sizes, areas if any(a is not None for a in areas) else None)
+        crowds = [(im[7], im[8]) for im in self._images]
+        coco = coco_map(gt, dets, len(self.names), sizes, areas if any(a is not None for a in areas) else None,
+                        crowds=crowds)
         out = {key: coco[key] for key in SUMMARY_KEYS}
         thr = threshold_metrics(self._matches(self.conf), self.names)
         for row, ap50, ap in zip(thr["per_class"], coco["per_class_ap50"], coco["per_class_ap50_95"]):

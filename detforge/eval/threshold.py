@@ -6,6 +6,14 @@ Rules (seed 000, made exact):
 - within an image predictions are taken in descending score (ties keep their input order);
   a prediction is a TP when some still-unmatched GT of the SAME class has IoU > ``iou_thr``
   with it; it takes the one with the highest IoU, and that GT is matched;
+- crowd regions (COCO ``iscrowd=1``) are ignore regions, as in pycocotools: a prediction that
+  is not a TP but covers a crowd region of its own class, intersection / prediction area >
+  ``iou_thr``, is neither TP nor FP (it is left out of every count and of the confusion matrix);
+  a crowd region absorbs any number of predictions, is never a GT to find (no FN) and never
+  takes a prediction that a real GT can take (real GTs are matched first). Example: crowd
+  region [0, 0, 100, 100], prediction [50, 50, 150, 150]: intersection 2500 / prediction area
+  10000 = 0.25, not above 0.5, so it is an FP; prediction [60, 0, 160, 100]: 4000 / 10000 = 0.4,
+  an FP; prediction [0, 0, 80, 120]: 8000 / 9600 = 0.83, ignored;
 - every other prediction is an FP of its class (a second prediction on an already matched GT
   included); every GT left unmatched is an FN of its class;
 - confusion matrix, ``(K+1) x (K+1)``, rows = ground truth, columns = prediction, index K =
@@ -43,10 +51,19 @@ class ImageMatch:
     ious: np.ndarray  # float [P]: IoU with the matched GT, 0 for an FP
     confused_gt: np.ndarray  # int [P]: other-class GT an FP is charged against, -1 if none
     gt_labels: np.ndarray  # int [G]
+    ignored: np.ndarray | None = None  # bool [P]: on a crowd region of its class, neither TP nor FP
+
+    def __post_init__(self) -> None:
+        if self.ignored is None:
+            self.ignored = np.zeros(len(self.scores), dtype=bool)
 
     @property
     def is_tp(self) -> np.ndarray:
         return self.matched_gt >= 0
+
+    @property
+    def is_fp(self) -> np.ndarray:
+        return (self.matched_gt < 0) & ~self.ignored
 
     @property
     def gt_matched(self) -> np.ndarray:
@@ -63,6 +80,18 @@ def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return torch.nan_to_num(iou, nan=0.0).numpy()
 
 
+def intersection_over_first(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[len(a), len(b)]: intersection area / area of the ``a`` box (COCO's IoU with a crowd
+    region, ``a`` the predictions); 0 where an ``a`` box has no area."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    w = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    h = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+    area = ((a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]))[:, None]
+    return np.divide(inter, area, out=np.zeros_like(inter), where=area > 0)
+
+
 def match_image(
     gt_boxes: np.ndarray,
     gt_labels: np.ndarray,
@@ -71,8 +100,10 @@ def match_image(
     labels: np.ndarray,
     conf: float = 0.0,
     iou_thr: float = 0.5,
+    crowd_boxes: np.ndarray | None = None,
+    crowd_labels: np.ndarray | None = None,
 ) -> ImageMatch:
-    """Apply the rules above to one image."""
+    """Apply the rules above to one image (``crowd_*``: its ignore regions, if any)."""
     gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
     gt_labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
@@ -97,16 +128,23 @@ def match_image(
             g = int(np.argmax(np.where(candidates, iou[p], -1.0)))
             matched_gt[p], match_iou[p], gt_taken[g] = g, iou[p, g], True
 
+    # predictions left unmatched on a crowd region of their class are ignored
+    ignored = np.zeros(n_pred, dtype=bool)
+    if crowd_boxes is not None and len(crowd_boxes) and n_pred:
+        crowd_labels = np.asarray(crowd_labels, dtype=np.int64).reshape(-1)
+        covers = intersection_over_first(boxes, crowd_boxes) > iou_thr
+        ignored = (matched_gt < 0) & (covers & (labels[:, None] == crowd_labels[None, :])).any(axis=1)
+
     # confusion pairing: an FP against its best-overlap GT when that GT has another class
     confused_gt = np.full(n_pred, -1, dtype=np.int64)
     gt_absorbed = gt_taken.copy()
-    for p in np.flatnonzero(matched_gt < 0):
+    for p in np.flatnonzero((matched_gt < 0) & ~ignored):
         if n_gt == 0 or not overlaps[p].any():
             continue
         g = int(np.argmax(iou[p]))
         if gt_labels[g] != labels[p] and not gt_absorbed[g]:
             confused_gt[p], gt_absorbed[g] = g, True
-    return ImageMatch(scores, labels, matched_gt, match_iou, confused_gt, gt_labels)
+    return ImageMatch(scores, labels, matched_gt, match_iou, confused_gt, gt_labels, ignored)
 
 
 def confusion_matrix(matches: Sequence[ImageMatch], num_classes: int) -> np.ndarray:
@@ -118,7 +156,8 @@ def confusion_matrix(matches: Sequence[ImageMatch], num_classes: int) -> np.ndar
         np.add.at(cm, (m.pred_labels[tp], m.pred_labels[tp]), 1)
         confused = m.confused_gt >= 0
         np.add.at(cm, (m.gt_labels[m.confused_gt[confused]], m.pred_labels[confused]), 1)
-        np.add.at(cm, (np.full(int((~tp & ~confused).sum()), k), m.pred_labels[~tp & ~confused]), 1)
+        background = m.is_fp & ~confused
+        np.add.at(cm, (np.full(int(background.sum()), k), m.pred_labels[background]), 1)
         gt_used = m.gt_matched
         gt_used[m.confused_gt[confused]] = True
         np.add.at(cm, (m.gt_labels[~gt_used], np.full(int((~gt_used).sum()), k)), 1)
@@ -163,7 +202,7 @@ def threshold_metrics(matches: Sequence[ImageMatch], names: Sequence[str]) -> di
         _check_range(m.gt_labels, k, "ground-truth")
         is_tp = m.is_tp
         np.add.at(tp, m.pred_labels[is_tp], 1)
-        np.add.at(fp, m.pred_labels[~is_tp], 1)
+        np.add.at(fp, m.pred_labels[m.is_fp], 1)
         np.add.at(iou_sum, m.pred_labels[is_tp], m.ious[is_tp])
         np.add.at(fn, m.gt_labels[~m.gt_matched], 1)
         np.add.at(instances, m.gt_labels, 1)
@@ -216,9 +255,12 @@ def confidence_sweep(
     """
     confs = np.linspace(0.0, 1.0, 101) if confs is None else np.asarray(confs, dtype=np.float64)
     k = num_classes
-    scores = np.concatenate([m.scores for m in matches]) if matches else np.zeros(0)
-    labels = np.concatenate([m.pred_labels for m in matches]).astype(np.int64) if matches else np.zeros(0, np.int64)
-    is_tp = np.concatenate([m.is_tp for m in matches]) if matches else np.zeros(0, bool)
+    # predictions ignored on crowd regions count nowhere
+    counted = [~m.ignored for m in matches]
+    scores = np.concatenate([m.scores[c] for m, c in zip(matches, counted)]) if matches else np.zeros(0)
+    labels = (np.concatenate([m.pred_labels[c] for m, c in zip(matches, counted)]).astype(np.int64)
+              if matches else np.zeros(0, np.int64))
+    is_tp = np.concatenate([m.is_tp[c] for m, c in zip(matches, counted)]) if matches else np.zeros(0, bool)
     n_gt = np.zeros(k, np.int64)
     for m in matches:
         np.add.at(n_gt, m.gt_labels, 1)

@@ -4,8 +4,10 @@ Found as ``annotations/*.json`` (``instances_train2017.json``, ``train.json``, .
 ``instances_*`` files exist only those are read, so captions/keypoints files are skipped) or
 as Roboflow's ``{train,valid,test}/_annotations.coco.json`` beside the images. Category ids
 of any base (0-based, 1-based, sparse) map to labels 0..K-1 in sorted id order; the writer
-writes ids 1..K. ``iscrowd=1`` regions are not objects to detect: they are left out and
-counted ("crowd_ignored").
+writes ids 1..K. ``iscrowd=1`` regions are not objects to detect: they become the sample's
+``crowd_boxes`` / ``crowd_labels``, ignore regions for evaluation (as pycocotools treats them),
+never training targets; the writer writes them back with ``iscrowd: 1``. Each sample keeps the
+file's image id and the data its category ids, so results can be written in the file's ids.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ def read_coco(root: Path) -> DetectionData:
         else:
             splits[split] = samples
     log.split = None
-    return DetectionData(names, splits, root, "coco", log.items)
+    return DetectionData(names, splits, root, "coco", log.items, category_ids=sorted(cat_to_label))
 
 
 def _load(path: Path, log: ProblemLog) -> dict | None:
@@ -129,12 +131,11 @@ def _read_split(root: Path, json_path: Path, doc: dict, cat_to_label: dict[int, 
         if size is None:
             continue
         _check_size(json_path, img, size, log)
-        boxes, labels, where = [], [], []
+        parsed: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
         for a in anns.get(img.get("id"), []):
-            at = f"{path.name} annotation id {a.get('id')}"
-            if a.get("iscrowd"):
-                log.add(json_path, "crowd_ignored", f"{at} is a crowd region (iscrowd=1); not used as a box")
-                continue
+            crowd = bool(a.get("iscrowd"))
+            at = f"{path.name} {'crowd region' if crowd else 'annotation'} id {a.get('id')}"
+            boxes, labels, where = parsed[crowd]
             bbox = a.get("bbox")
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
                 log.add(json_path, "malformed_line", f"{at}: bbox {bbox!r} is not [x, y, w, h]; dropped",
@@ -148,9 +149,11 @@ def _read_split(root: Path, json_path: Path, doc: dict, cat_to_label: dict[int, 
             boxes.append([x, y, x + w, y + h])
             labels.append(cat_to_label[a["category_id"]])
             where.append(at)
-        kept = clean_boxes(np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64),
-                           *size, len(cat_to_label), json_path, log, where)
-        samples.append(Sample(path, *kept, *size))
+        objects, crowds = (clean_boxes(np.asarray(bx, np.float64).reshape(-1, 4), np.asarray(lb, np.int64),
+                                       *size, len(cat_to_label), json_path, log, at)
+                           for bx, lb, at in (parsed[False], parsed[True]))
+        samples.append(Sample(path, *objects, *size, crowd_boxes=crowds[0], crowd_labels=crowds[1],
+                              image_id=img.get("id")))
     return samples
 
 
@@ -193,10 +196,11 @@ def write_coco(data: DetectionData, out: Path, link: bool = False) -> Path:
             name = namer.name(s.image_path)
             place_image(s.image_path, out / "images" / split / name, link)
             images.append({"id": image_id, "file_name": name, "width": s.width, "height": s.height})
-            for (x1, y1, x2, y2), label in zip(s.boxes.tolist(), s.labels.tolist()):
-                w, h = x2 - x1, y2 - y1
-                annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                    "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": 0})
+            for boxes, labels, crowd in ((s.boxes, s.labels, 0), (s.crowd_boxes, s.crowd_labels, 1)):
+                for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
+                    w, h = x2 - x1, y2 - y1
+                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
+                                        "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": crowd})
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
         doc = {"images": images, "annotations": annotations, "categories": categories}
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc), encoding="utf-8")
