@@ -126,6 +126,9 @@ class TrainConfig(BaseModel):
     min_box_visibility: float = Field(0.1, ge=0, le=1, description="minimum kept fraction of a box's area")
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mal: bool | None = Field(None, description="DETRs: matchability-aware classification loss (DEIM) instead of VFL; default: the model's recipe")
+    o2m: int = Field(0, ge=0, description="DETRs: training-only one-to-many query group (H-DETR), each object matched this many times; 0 off")
+    o2m_queries: int | None = Field(None, ge=1, description="DETRs: queries in the one-to-many group (default: the model's query count)")
+    copy_blend: float = Field(0.0, ge=0, le=1, description="probability of blending objects cut from other training images into an image (DEIMv2 Copy-Blend); stops with close_mosaic")
 
     # evaluation
     conf: float = Field(0.5, ge=0, le=1, description="confidence threshold for P/R/F1/IoU")

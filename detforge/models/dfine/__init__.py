@@ -19,7 +19,10 @@ def _options(cfg) -> dict:
     loss = {"label_smoothing": float(cfg.label_smoothing)}
     if getattr(cfg, "mal", None) is not None:
         loss["use_mal"] = bool(cfg.mal)
-    return {"loss_options": loss}
+    options = {"loss_options": loss}
+    if getattr(cfg, "o2m", 0):
+        options.update(o2m=int(cfg.o2m), o2m_queries=cfg.o2m_queries)
+    return options
 
 
 def _recipe(size: str):

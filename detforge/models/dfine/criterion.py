@@ -22,6 +22,12 @@ Two additions to the official recipe, both off by default:
   (then scaled by the match quality as usual). Unmatched queries keep a target of 0: smoothing
   them would push hundreds of background queries towards non-zero scores.
 
+With ``o2m_repeats`` = k > 0 and ``o2m_outputs`` in the outputs (the decoder's training-only
+one-to-many group), that group gets the same terms against the targets repeated k times, so
+Hungarian matching gives each object k positive queries (H-DETR's hybrid matching, arXiv
+2207.13080); its terms are named ``loss_<term>_o2m...``, normalised by k * num_boxes and scaled by
+``o2m_weight``. The one-to-one terms are unchanged.
+
 Everything is computed in float32 with autocast disabled, so fp16/bf16 model outputs are safe;
 empty images, empty batches, zero-size and inverted boxes give finite values. Unlike the reference,
 a NaN loss is not silently replaced by 0: it reaches the caller, whose job is to report it.
@@ -185,6 +191,23 @@ def denoising_matches(dn_meta: dict, targets: list[dict[str, Tensor]]) -> MatchI
     return result
 
 
+def repeat_targets(targets: list[dict[str, Tensor]], k: int) -> list[dict[str, Tensor]]:
+    """Every target box (with its label and weight) k times, for one-to-many matching."""
+    out = []
+    for t in targets:
+        rep = {**t, "boxes": t["boxes"].repeat(k, 1), "labels": t["labels"].repeat(k)}
+        if "weights" in t:
+            rep["weights"] = t["weights"].repeat(k)
+        out.append(rep)
+    return out
+
+
+def _o2m_name(name: str) -> str:
+    """``loss_mal_aux_0`` -> ``loss_mal_o2m_aux_0``: the term's kind stays first (log grouping)."""
+    head, _, rest = name.removeprefix("loss_").partition("_")
+    return f"loss_{head}_o2m" + (f"_{rest}" if rest else "")
+
+
 def _to_device(indices: MatchIndices | None, device: torch.device) -> MatchIndices | None:
     if indices is None:
         return None
@@ -234,6 +257,8 @@ class DFineCriterion(nn.Module):
         mal_gamma: float = 1.5,
         matcher: HungarianMatcher | None = None,
         label_smoothing: float = 0.0,
+        o2m_repeats: int = 0,
+        o2m_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -254,6 +279,10 @@ class DFineCriterion(nn.Module):
         self.mal_gamma = float(mal_gamma)
         self.matcher = matcher if matcher is not None else HungarianMatcher()
         self.label_smoothing = float(label_smoothing)
+        if int(o2m_repeats) < 0 or o2m_weight < 0:
+            raise ValueError(f"DFineCriterion: o2m_repeats and o2m_weight must be >= 0, got {o2m_repeats}, {o2m_weight}")
+        self.o2m_repeats = int(o2m_repeats)
+        self.o2m_weight = float(o2m_weight)
 
     # ---- input checks
 
@@ -466,4 +495,7 @@ class DFineCriterion(nn.Module):
                 add(layer, f"_dn_{i}", dn_indices, dn_num_boxes, dn_indices, dn_num_boxes, fgl_dn)
             if "dn_pre_outputs" in outputs:
                 add(_float32(outputs["dn_pre_outputs"]), "_dn_pre", dn_indices, dn_num_boxes, dn_indices, dn_num_boxes)
+        if self.o2m_repeats and "o2m_outputs" in outputs:
+            for name, value in self._forward(outputs["o2m_outputs"], repeat_targets(targets, self.o2m_repeats)).items():
+                losses[_o2m_name(name)] = value * self.o2m_weight
         return losses

@@ -196,14 +196,20 @@ def make_anchors(shapes: list[tuple[int, int]], device: torch.device, dtype: tor
 class DFineDecoder(nn.Module):
     """Returns the official output dict: eval ``{pred_logits, pred_boxes}``; training adds
     pred_corners, ref_points, up, reg_scale, aux_outputs, pre_outputs, enc_aux_outputs, enc_meta
-    and, with denoising, dn_outputs, dn_pre_outputs, dn_meta."""
+    and, with denoising, dn_outputs, dn_pre_outputs, dn_meta.
+
+    ``o2m_queries`` > 0 adds, in training only, H-DETR's one-to-many group (arXiv 2207.13080): that
+    many more queries from the same top-scored encoder cells run through the same layers and heads,
+    masked from the one-to-one queries (and they from it), and come out as ``o2m_outputs`` for a
+    loss that matches them one-to-many. Evaluation, export and the deploy form never build them.
+    """
 
     def __init__(self, num_classes: int, feat_channels: tuple[int, ...], feat_strides: tuple[int, ...],
                  dim: int = 256, ffn: int = 1024, heads: int = 8, num_layers: int = 6,
                  num_points: tuple[int, ...] = (3, 6, 3), num_queries: int = 300, reg_max: int = 32,
                  reg_scale: float = 4.0, eval_idx: int = -1, num_denoising: int = 100,
                  label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
-                 anchor_image_size: tuple[int, int] = (640, 640)) -> None:
+                 anchor_image_size: tuple[int, int] = (640, 640), o2m_queries: int = 0) -> None:
         super().__init__()
         if len(feat_channels) != len(feat_strides) or len(num_points) != len(feat_channels):
             raise ValueError(
@@ -221,6 +227,9 @@ class DFineDecoder(nn.Module):
         self.num_denoising = num_denoising
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
+        if o2m_queries < 0:
+            raise ValueError(f"D-FINE decoder: o2m_queries must be >= 0, got {o2m_queries}")
+        self.o2m_queries = int(o2m_queries)
 
         self.input_proj = nn.ModuleList(
             nn.Identity() if c == dim else
@@ -282,21 +291,34 @@ class DFineDecoder(nn.Module):
             for v, (h, w) in zip(per_head.split([h * w for h, w in shapes], dim=-1), shapes)
         ]
 
-    def _select_queries(self, memory: Tensor, shapes: list[tuple[int, int]]):
+    def _select_queries(self, memory: Tensor, shapes: list[tuple[int, int]], extra: int = 0):
         """Top-``num_queries`` encoder cells by best class logit -> content, box and the
-        encoder's own predictions for them (supervised in training)."""
+        encoder's own predictions for them (supervised in training). ``extra`` > 0 also returns
+        the content and boxes of the top ``extra`` cells (the one-to-many group), else None."""
         # anchors stay float32 (their logits reach +-4.6 and +inf), whatever the autocast dtype
         anchors, valid = make_anchors(shapes, memory.device)
         memory = valid.to(memory.dtype) * memory
         enc_memory = self.enc_output(memory)
         enc_logits = self.enc_score_head(enc_memory)
         k = min(self.num_queries, enc_logits.shape[1])
-        index = enc_logits.max(-1).values.topk(k, dim=1).indices
-        top_memory = enc_memory.gather(1, index[..., None].expand(-1, -1, enc_memory.shape[-1]))
-        top_anchors = anchors.expand(memory.shape[0], -1, -1).gather(1, index[..., None].expand(-1, -1, 4))
-        top_boxes_unact = self.enc_bbox_head(top_memory) + top_anchors
+        if extra <= 0:
+            index = enc_logits.max(-1).values.topk(k, dim=1).indices
+            top_memory, top_boxes_unact = self._gather_cells(enc_memory, anchors, index)
+            top_logits = enc_logits.gather(1, index[..., None].expand(-1, -1, enc_logits.shape[-1]))
+            return top_memory, top_boxes_unact, top_logits, None
+        # one ranking for both groups: the one-to-one queries are its first k cells (as without
+        # the extra group), the one-to-many ones its first ``extra``
+        m = min(extra, enc_logits.shape[1])
+        ranked = enc_logits.max(-1).values.topk(max(k, m), dim=1).indices
+        index = ranked[:, :k]
+        top_memory, top_boxes_unact = self._gather_cells(enc_memory, anchors, index)
         top_logits = enc_logits.gather(1, index[..., None].expand(-1, -1, enc_logits.shape[-1]))
-        return top_memory, top_boxes_unact, top_logits
+        return top_memory, top_boxes_unact, top_logits, self._gather_cells(enc_memory, anchors, ranked[:, :m])
+
+    def _gather_cells(self, enc_memory: Tensor, anchors: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        top_memory = enc_memory.gather(1, index[..., None].expand(-1, -1, enc_memory.shape[-1]))
+        top_anchors = anchors.expand(enc_memory.shape[0], -1, -1).gather(1, index[..., None].expand(-1, -1, 4))
+        return top_memory, self.enc_bbox_head(top_memory) + top_anchors
 
     def bins(self) -> Tensor:
         project = getattr(self, "project", None)
@@ -309,7 +331,8 @@ class DFineDecoder(nn.Module):
             raise RuntimeError("this D-FINE decoder is in its deploy (inference) form and cannot run in "
                                "training mode; call .eval() on the model")
         memory, shapes = self._flatten_levels(feats)
-        top_memory, top_boxes_unact, top_logits = self._select_queries(memory, shapes)
+        o2m = self.o2m_queries if self.training and targets is not None else 0
+        top_memory, top_boxes_unact, top_logits, o2m_cells = self._select_queries(memory, shapes, o2m)
         denoise = None
         dn_meta = None
         if self.training and self.num_denoising > 0 and targets is not None:
@@ -328,11 +351,25 @@ class DFineDecoder(nn.Module):
             content = torch.cat([denoise.content, content], dim=1)
             ref_unact = torch.cat([denoise.boxes_unact, ref_unact], dim=1)
             attn_mask = denoise.attn_mask
+        num_o2m = 0
+        if o2m_cells is not None:
+            # appended after the one-to-one queries; each group attends only to itself
+            num_o2m = o2m_cells[0].shape[1]
+            before = content.shape[1]
+            content = torch.cat([content, o2m_cells[0].detach()], dim=1)
+            ref_unact = torch.cat([ref_unact, o2m_cells[1].detach()], dim=1)
+            attn_mask = group_attention_mask(attn_mask, before, num_o2m, content.device)
 
         out = self._refine(content, ref_unact, self._values(memory, shapes), attn_mask)
         if not self.training:
             return {"pred_logits": out["logits"][-1], "pred_boxes": out["boxes"][-1]}
-        return self._training_outputs(out, top_logits, enc_boxes, dn_meta)
+        o2m_out = None
+        if num_o2m:
+            out, o2m_out = _split_last(out, num_o2m)
+        result = self._training_outputs(out, top_logits, enc_boxes, dn_meta)
+        if o2m_out is not None:
+            result["o2m_outputs"] = self._training_outputs(o2m_out, None, None, None)
+        return result
 
     def _refine(self, content: Tensor, ref_unact: Tensor, values: list[Tensor], attn_mask: Tensor | None) -> dict:
         """Run the decoder layers. Layer 0 predicts an initial box from the query's reference box;
@@ -389,10 +426,11 @@ class DFineDecoder(nn.Module):
             "pred_logits": logits[-1], "pred_boxes": boxes[-1], "pred_corners": corners[-1],
             "ref_points": refs[-1], "up": self.up, "reg_scale": self.reg_scale,
             "aux_outputs": _layer_outputs(logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]),
-            "enc_aux_outputs": [{"pred_logits": enc_logits, "pred_boxes": enc_boxes}],
             "pre_outputs": {"pred_logits": pre_logits, "pred_boxes": pre_boxes},
-            "enc_meta": {"class_agnostic": False},
         }
+        if enc_logits is not None:
+            result["enc_aux_outputs"] = [{"pred_logits": enc_logits, "pred_boxes": enc_boxes}]
+            result["enc_meta"] = {"class_agnostic": False}
         if dn_meta is not None:
             result["dn_outputs"] = _layer_outputs(dn_logits, dn_boxes, dn_corners, dn_refs, dn_corners[-1], dn_logits[-1])
             result["dn_pre_outputs"] = {"pred_logits": dn_pre_logits, "pred_boxes": dn_pre_boxes}
@@ -415,6 +453,26 @@ class DFineDecoder(nn.Module):
         if hasattr(self, "denoising_class_embed"):
             del self.denoising_class_embed
         self.num_denoising = 0
+
+
+def group_attention_mask(mask: Tensor | None, before: int, extra: int, device: torch.device) -> Tensor:
+    """Self-attention mask (True = may not attend) for ``before`` queries (masked as ``mask``
+    says, or not at all) followed by ``extra`` queries of a separate group: neither side sees
+    the other."""
+    size = before + extra
+    out = torch.ones((size, size), dtype=torch.bool, device=device)
+    out[:before, :before] = mask if mask is not None else False
+    out[before:, before:] = False
+    return out
+
+
+def _split_last(out: dict, n: int) -> tuple[dict, dict]:
+    """The decoder outputs of ``_refine`` split into (all queries but the last n, the last n)."""
+    first, last = {}, {}
+    for key, value in out.items():
+        axis = 1 if key.startswith("pre_") else 2  # pre_*: [B, Q, ...]; the rest [layers, B, Q, ...]
+        first[key], last[key] = value.split([value.shape[axis] - n, n], dim=axis)
+    return first, last
 
 
 def _layer_outputs(logits, boxes, corners, refs, teacher_corners, teacher_logits) -> list[dict]:

@@ -30,6 +30,9 @@ class DFine(DetectionModel):
     from scratch (frozen statistics of random weights would leave the backbone unnormalised).
     ``loss_options`` go to DFineCriterion (here ``use_mal`` defaults to True); ``overrides``
     replace fields of the size's settings (see sizes.DFineSize), e.g. ``num_queries=100``.
+    ``o2m`` = k > 0 trains an extra group of ``o2m_queries`` (default: num_queries) queries
+    matched one-to-many, each object k times (H-DETR); training only: eval, export and deploy
+    outputs are those of the same weights without it.
     """
 
     family = "dfine"
@@ -38,7 +41,7 @@ class DFine(DetectionModel):
 
     def __init__(self, size: str, num_classes: int, pretrained: str | None = None,
                  freeze_norm: bool | None = None, loss_options: dict[str, Any] | None = None,
-                 **overrides: Any) -> None:
+                 o2m: int = 0, o2m_queries: int | None = None, **overrides: Any) -> None:
         if int(num_classes) < 1:
             raise ValueError(f"D-FINE: num_classes must be >= 1, got {num_classes}")
         super().__init__(num_classes)
@@ -57,9 +60,12 @@ class DFine(DetectionModel):
             heads=cfg.dec_heads, num_layers=cfg.num_layers, num_points=cfg.num_points, num_queries=cfg.num_queries,
             reg_max=cfg.reg_max, reg_scale=cfg.reg_scale, eval_idx=cfg.eval_idx, num_denoising=cfg.num_denoising,
             label_noise_ratio=cfg.label_noise_ratio, box_noise_scale=cfg.box_noise_scale,
+            o2m_queries=(cfg.num_queries if o2m_queries is None else int(o2m_queries)) if o2m > 0 else 0,
         )
         self.encoder = encoder
         self._loss_options = dict(loss_options or {})
+        if o2m > 0:
+            self._loss_options["o2m_repeats"] = int(o2m)
         self._criterion: list[nn.Module] = []  # built on first use; kept out of the state dict
         self.load_report: dict[str, Any] | None = None
         if pretrained is not None:
@@ -152,7 +158,7 @@ class DFine(DetectionModel):
 
     # ---- logs
 
-    _LOSS_PART = re.compile(r"^(loss_[a-z0-9]+?)(_(aux|dn|pre|enc)(_\d+)?)*$")
+    _LOSS_PART = re.compile(r"^(loss_[a-z0-9]+?)(_(aux|dn|pre|enc|o2m)(_\d+)?)*$")
 
     @staticmethod
     def loss_group(name: str) -> str:
