@@ -1,9 +1,10 @@
 """The training and evaluation transforms, driven by the run configuration.
 
 Training order: geometry (mosaic of 4 + random affine, or one image + random affine, each a
-single warp into the output) -> overlay MixUp -> photometric -> cutout -> flips -> rot90.
+single warp into the output) -> overlay MixUp -> Copy-Blend -> photometric -> cutout -> flips -> rot90.
 Geometry-preserving MixUp happens before the geometry, on the two images as loaded, as in
-the paper. Mosaic and MixUp are the "strong" augmentations that ``close_mosaic`` turns off.
+the paper. Mosaic, MixUp and Copy-Blend are the "strong" augmentations that ``close_mosaic``
+turns off.
 Every random choice comes from the ``rng`` passed in, so an item is a pure function of
 (seed, epoch, index).
 """
@@ -15,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import photometric as ph
+from .copy_blend import copy_blend
 from .cutout import random_cutout
 from .geometric import (
     base_resize_matrix,
@@ -55,6 +57,10 @@ class TrainTransform:
             other, other_t, _ = self._geometry(int(rng.integers(num_items)), load, num_items, rng, strong, False)
             img, targets = mixup_overlay(img, targets, other, other_t, rng.beta(*OVERLAY_BETA))
             info["mixup"] = "overlay"
+        if strong and getattr(cfg, "copy_blend", 0.0) > 0 and rng.random() < cfg.copy_blend:
+            # the donor goes through the same single-image geometry, so object scales match
+            donor, donor_t, _ = self._geometry(int(rng.integers(num_items)), load, num_items, rng, False, False)
+            img, targets = copy_blend(img, targets, donor, donor_t, rng)
         img = self._photometric(img, rng)
         if cfg.cutout > 0 and rng.random() < cfg.cutout:
             img, targets = random_cutout(img, targets, rng, cfg.min_box_visibility)
