@@ -11,7 +11,12 @@ so the configuration can be resolved once, with no family names in the engine:
 - ``load_weights(model, path)``: the family's own reader for foreign weight files given as
   ``pretrained=PATH`` (official checkpoints, Darknet .weights, ...); ``None`` means the generic
   name-and-shape matching of detforge/engine checkpoints;
-- ``published``: named published weights (``pretrained=NAME``), filled by the weights hub.
+- ``published``: named published weights (``pretrained=NAME``), filled by the weights hub;
+- ``prepare(cfg, train_samples)``: optional; called once when training starts from a model
+  name (not from a checkpoint, whose model already holds what it was trained with), after the
+  data is read and before the model is built, with the train split's ``Sample`` records. It
+  returns constructor keyword arguments that are merged over ``options(cfg)``: settings that
+  depend on the data, e.g. anchors fitted to the training boxes (``anchors=auto``).
 
 What the engine needs from a *built* model (stride, loss grouping for logs, backbone prefixes,
 post-processing, export forward) is on ``DetectionModel`` (models/base.py).
@@ -45,6 +50,7 @@ class ModelSpec:
     options: Callable[[Any], dict[str, Any]] = default_options
     load_weights: Callable[[DetectionModel, str], Any] | None = None
     published: dict[str, Any] = field(default_factory=dict)
+    prepare: Callable[[Any, list], dict[str, Any]] | None = None
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
