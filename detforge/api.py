@@ -46,6 +46,9 @@ class Detector:
             if num_classes and num_classes != self.model.num_classes:
                 raise ValueError(f"{model} was trained for {self.model.num_classes} classes, not {num_classes}")
         else:
+            from detforge.hub import resolve_pretrained
+
+            self.pretrained = pretrained = resolve_pretrained(self.source, pretrained)  # a published name -> its file
             k = num_classes or (len(names) if names else 80)
             self.model = build_with_weights(self.source, k, pretrained)
             self.names = list(names) if names else [str(i) for i in range(k)]
@@ -62,7 +65,9 @@ class Detector:
         if self.pretrained:
             args["pretrained"] = self.pretrained
         args.update(overrides)
-        cfg = build_config(args, cfg_file=cfg_file)
+        from detforge.hub import resolve_in_config
+
+        cfg = resolve_in_config(build_config(args, cfg_file=cfg_file))  # pretrained=NAME -> its downloaded file
         trainer = Trainer(cfg)
         metrics = trainer.train()
         best = Path(metrics["save_dir"]) / "weights" / "best.pt"

@@ -46,10 +46,14 @@ def cmd_train(argv: list[str]) -> int:
 
     overrides, cfg_file = _split(argv)
     cfg = build_config(overrides, cfg_file=cfg_file)
+    from detforge.hub import resolve_in_config
+
+    cfg = resolve_in_config(cfg)  # pretrained=NAME -> its downloaded file, before any worker starts
     if "," in cfg.device:  # from the command line or the cfg file
         from detforge.engine.launch import maybe_launch_torchrun
 
-        args = [a for a in argv if not a.startswith("device=")] + [f"device={cfg.device}"]
+        args = [a for a in argv if not a.startswith(("device=", "pretrained="))] + [f"device={cfg.device}"]
+        args += [f"pretrained={cfg.pretrained}"] if cfg.pretrained else []
         code = maybe_launch_torchrun(["train", *args], cfg.device)
         if code is not None:
             return code
@@ -119,10 +123,15 @@ def cmd_bench(argv: list[str]) -> int:
 
 
 def cmd_models(argv: list[str]) -> int:
+    from detforge.hub import published_names
     from detforge.models.zoo import available, get_spec
 
-    for name in available():
-        print(f"{name:12s} {get_spec(name).description}")
+    models = available()
+    width = max((len(n) for n in models), default=12)
+    for name in models:
+        names = published_names(name)
+        weights = f"  [pretrained: {', '.join(names)}]" if names else ""
+        print(f"{name:{width}s} {get_spec(name).description}{weights}")
     return 0
 
 

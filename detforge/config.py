@@ -32,7 +32,8 @@ class TrainConfig(BaseModel):
     # what and where
     model: str = Field("dfine-n", description="model name (see `detforge models`) or a .pt checkpoint")
     data: str | None = Field(None, description="dataset folder, data.yaml, or None for the built-in set")
-    pretrained: str | None = Field(None, description="local checkpoint to initialise matching tensors from")
+    pretrained: str | None = Field(None, description="weights to start from: a file, or a name published for the "
+                                   "model (coco, obj2coco, ...; `detforge models` lists them), downloaded once")
     num_classes: int | None = Field(None, ge=1, description="override the class count (default: from data)")
     project: str = "runs"
     name: str | None = None
@@ -155,6 +156,16 @@ class TrainConfig(BaseModel):
     pred: str | None = None
     backend: str | None = None
     threads: int | None = Field(None, ge=1)
+
+    # compare (`detforge compare`, detforge/compare/): these keys belong to that command only.
+    # There, data= may list several datasets (a,b,c) and batch= is the latency batch (default 1).
+    models: str | list[str] | None = Field(None, description="compare: models to train and rank, e.g. dfine-n,fcos-n")
+    runs: str | list[str] | None = Field(None, description="compare: finished run folders to rank as they are, e.g. runs/a,runs/b")
+    runtime: Literal["onnxruntime", "openvino", "torch"] = Field(
+        "onnxruntime", description="compare: runtime that measures latency (ONNX export for onnxruntime / openvino)")
+    max_latency_ms: float | None = Field(None, gt=0, description="compare: latency budget (p50 ms) for the recommendation")
+    train_batch: int | None = Field(None, ge=1, description="compare: training batch of every model (default: train's default)")
+    latency_iters: int = Field(50, ge=1, description="compare: timed calls per model, interleaved over up to 5 rounds")
 
     # logging
     logger: list[str] = Field(default_factory=lambda: ["tensorboard"])
