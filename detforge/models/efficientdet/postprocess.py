@@ -1,0 +1,74 @@
+"""From raw head outputs to detections: sigmoid class scores, the ``pre_nms_topk`` best
+(anchor, class) pairs per level, boxes decoded from their anchors, class-aware NMS (torchvision's
+batched_nms), ``max_det`` best per image. The official defaults: NMS IoU 0.5, 5000 candidates
+over all levels (here 1000 per level).
+
+``select_candidates`` serves the eager path and the export graph alike. It pads each level with
+zero-score rows before its top-k, so ``topk`` never asks for more elements than exist at any
+input size and the graph needs no shape branches.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms, clip_boxes_to_image
+
+from detforge.models.efficientdet.anchors import decode
+
+
+def select_candidates(outputs: dict[str, list[torch.Tensor]], input_hw, pre_nms_topk: int):
+    """-> boxes [B, N, 4] (xyxy, clipped to ``input_hw``), scores [B, N], labels [B, N], with
+    N = levels x ``pre_nms_topk``."""
+    all_boxes, all_scores, all_labels = [], [], []
+    for cls, codes, anchors in zip(outputs["cls"], outputs["box"], outputs["anchors"]):
+        batch, _, num_classes = cls.shape
+        scores = cls.float().sigmoid()
+        scores = torch.cat([scores, scores.new_zeros(batch, pre_nms_topk, num_classes)], dim=1)
+        codes = torch.cat([codes.float(), codes.new_zeros(batch, pre_nms_topk, 4, dtype=torch.float32)], dim=1)
+        # padding rows get a unit anchor: their boxes are finite and their scores zero
+        anchors = torch.cat([anchors, anchors.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(pre_nms_topk, 4)], dim=0)
+        top_scores, flat_idx = scores.flatten(1).topk(pre_nms_topk, dim=1)
+        row = torch.div(flat_idx, num_classes, rounding_mode="floor")
+        picked = codes.gather(1, row[..., None].expand(-1, -1, 4))
+        all_boxes.append(decode(picked, anchors[row]))
+        all_scores.append(top_scores)
+        all_labels.append(flat_idx % num_classes)
+    boxes = clip_boxes_to_image(torch.cat(all_boxes, dim=1), input_hw)
+    return boxes, torch.cat(all_scores, dim=1), torch.cat(all_labels, dim=1)
+
+
+def postprocess_detections(outputs, input_hw: tuple[int, int], max_det: int, pre_nms_topk: int,
+                           nms_iou: float, score_thr: float) -> list[dict[str, torch.Tensor]]:
+    """Eager path: one dict per image, ``boxes`` xyxy input px, ``scores`` descending, ``labels``."""
+    boxes, scores, labels = select_candidates(outputs, tuple(int(v) for v in input_hw), pre_nms_topk)
+    results = []
+    for b, s, lab in zip(boxes, scores, labels):
+        keep = s > score_thr
+        b, s, lab = b[keep], s[keep], lab[keep]
+        keep = batched_nms(b, s, lab, nms_iou)[:max_det]  # sorted by score, descending
+        results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
+    return results
+
+
+def export_detections(outputs, input_hw, max_det: int, pre_nms_topk: int, nms_iou: float,
+                      score_thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Graph path: fixed-size (boxes [B, K, 4], scores [B, K], labels [B, K]), K = ``max_det``,
+    rows past the detections zero. One batched_nms call for the whole batch, grouped by
+    (image, class), so one graph op serves any batch size."""
+    boxes, scores, labels = select_candidates(outputs, input_hw, pre_nms_topk)
+    batch, num, _ = boxes.shape
+    num_classes = outputs["cls"][0].shape[-1]
+    image_idx = torch.arange(batch, device=boxes.device)[:, None].expand(batch, num)
+    groups = (image_idx * num_classes + labels).reshape(-1)
+    keep = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), groups, nms_iou)
+    kept = torch.zeros_like(scores.reshape(-1)).scatter(0, keep, 1.0).reshape(batch, num)
+    scores = scores * kept * (scores > score_thr).to(scores.dtype)
+    # zero padding guarantees K columns even when fewer candidates exist
+    scores = torch.cat([scores, scores.new_zeros(batch, max_det)], dim=1)
+    boxes = torch.cat([boxes, boxes.new_zeros(batch, max_det, 4)], dim=1)
+    labels = torch.cat([labels, labels.new_zeros(batch, max_det)], dim=1)
+    top_scores, idx = scores.topk(max_det, dim=1)
+    valid = (top_scores > 0).to(boxes.dtype)
+    top_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4)) * valid[..., None]
+    top_labels = labels.gather(1, idx) * valid.to(labels.dtype)
+    return top_boxes, top_scores, top_labels
