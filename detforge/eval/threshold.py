@@ -286,3 +286,42 @@ def confidence_sweep(
         "f1": f1,
         "has_preds": n_pred > 0,
     }
+
+
+# Per-class thresholds below this keep the global conf. The sweep's F1 optimum only lands this
+# low when a class is barely learned: its scores sit on the detector's noise floor (FCOS keeps
+# scores from 0.001, D-FINE keeps every query), so a threshold there passes nearly every one of
+# the max_det candidates (measured: ~120 boxes per image after a 1-epoch run, for a few true
+# objects). 0.05 is the lowest score floor detectors commonly deploy with (e.g. torchvision's
+# box_score_thresh); a class that only reaches its best F1 below it is not ready to be trusted
+# with its own threshold.
+CLASS_CONF_FLOOR = 0.05
+
+
+def best_f1_thresholds(curves: dict, names: Sequence[str], fallback_conf: float,
+                       floor: float = CLASS_CONF_FLOOR) -> list[float]:
+    """One deployment threshold per class from ``confidence_sweep`` output: the confidence of
+    the class's best F1 (the middle of the run of sweep points that reach it, so a flat
+    optimum does not land on its lowest edge), rounded to 3 decimals. A class keeps
+    ``fallback_conf`` (the global ``conf``) when it has no ground truth, when its best F1 is 0
+    (a 0 threshold would pass every candidate box), or when the chosen threshold is below
+    ``floor``."""
+    confs = np.asarray(curves["confs"], dtype=np.float64)
+    f1 = np.asarray(curves["f1"], dtype=np.float64).reshape(len(confs), -1)
+    n_gt = np.asarray(curves["n_gt"]).reshape(-1)
+    if f1.shape[1] != len(names) or len(n_gt) != len(names):
+        raise ValueError(f"curves hold {f1.shape[1]} classes, names {len(names)}")
+    chosen = []
+    for c in range(len(names)):
+        col = np.nan_to_num(f1[:, c], nan=0.0)
+        best = float(col.max()) if len(col) else 0.0
+        if n_gt[c] == 0 or best <= 0:
+            chosen.append(float(fallback_conf))
+            continue
+        first = int(np.argmax(col))
+        last = first
+        while last + 1 < len(col) and col[last + 1] == best:
+            last += 1
+        conf = round(float(confs[(first + last) // 2]), 3)
+        chosen.append(conf if conf >= floor else float(fallback_conf))
+    return chosen

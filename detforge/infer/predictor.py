@@ -55,6 +55,10 @@ class Predictor:
         self.imgsz = int(imgsz) if imgsz else int(max(meta.imgsz))
         self._check_shape_support(meta)
         self.conf = self._thresholds(meta.conf if conf is None else conf)
+        if conf is None:  # say which stored thresholds apply: a bad one shows as too many or no boxes
+            kind = "per-class thresholds" if np.ndim(meta.conf) else "confidence threshold"
+            LOG.info("%s: using the %s stored with the model (conf= overrides): %s", self.source, kind,
+                     ", ".join(f"{n} {c:.3g}" for n, c in zip(self.names, self.conf)))
 
     @classmethod
     def from_model(
