@@ -21,6 +21,7 @@ commands:
   eval     score COCO predictions    detforge eval gt=COCO.json pred=DETECTIONS.json
   data     check | convert           detforge data check data=PATH
   bench    latency | train | data | stability
+  compare  rank models on your data  detforge compare data=PATH models=dfine-n,fcos-n epochs=25
   models   list the available models
 
 Every key is a field of the config (detforge/config.py); `detforge help keys` lists them.
@@ -122,6 +123,13 @@ def cmd_bench(argv: list[str]) -> int:
     return bench_command(argv[0], parse_overrides(argv[1:]))
 
 
+def cmd_compare(argv: list[str]) -> int:
+    from detforge.compare import compare_command
+
+    overrides, cfg_file = _split(argv)
+    return compare_command(build_config(overrides, cfg_file=cfg_file), _given(overrides, cfg_file))
+
+
 def cmd_models(argv: list[str]) -> int:
     from detforge.hub import published_names
     from detforge.models.zoo import available, get_spec
@@ -154,6 +162,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "eval": cmd_eval,
     "data": cmd_data,
     "bench": cmd_bench,
+    "compare": cmd_compare,
     "models": cmd_models,
     "help": cmd_help,
 }

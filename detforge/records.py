@@ -21,6 +21,17 @@ def _as_labels(labels) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64).reshape(-1)
 
 
+def _as_rings(rings) -> list[np.ndarray]:
+    """One object's rings as float32 [K, 2]; rings that cannot enclose anything (fewer than
+    3 points, NaN/inf) are left out (readers report them; see ``detforge data check``)."""
+    out = []
+    for ring in rings:
+        arr = np.asarray(ring, dtype=np.float32).reshape(-1, 2)
+        if len(arr) >= 3 and np.isfinite(arr).all():
+            out.append(arr)
+    return out
+
+
 @dataclass
 class Sample:
     """One annotated image: what every format reader produces."""
@@ -34,6 +45,9 @@ class Sample:
     crowd_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))  # float32 [M, 4]
     crowd_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # int64 [M]
     image_id: int | str | None = None  # the annotation file's own image id, where it has one (COCO)
+    # instance outlines, aligned with boxes: per object a list of rings float32 [K, 2] (absolute
+    # x, y; the object is their union; [] = no outline for that object); None = no outlines at all
+    polygons: list[list[np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         self.image_path = Path(self.image_path)
@@ -49,6 +63,10 @@ class Sample:
             raise ValueError(
                 f"{self.image_path}: {len(self.crowd_boxes)} crowd regions but {len(self.crowd_labels)} labels"
             )
+        if self.polygons is not None:
+            self.polygons = [_as_rings(rings) for rings in self.polygons]
+            if len(self.polygons) != len(self.boxes):
+                raise ValueError(f"{self.image_path}: {len(self.boxes)} boxes but {len(self.polygons)} outlines")
 
     @property
     def is_background(self) -> bool:
@@ -62,18 +80,24 @@ class Detections:
     boxes: np.ndarray  # float32 [K, 4], absolute xyxy
     scores: np.ndarray  # float32 [K], sorted descending
     labels: np.ndarray  # int64 [K]
+    masks: np.ndarray | None = None  # uint8 [K, H, W] binary instance masks (mask models only)
 
     def __post_init__(self) -> None:
         self.boxes = _as_boxes(self.boxes)
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         self.labels = _as_labels(self.labels)
+        if self.masks is not None:
+            self.masks = np.asarray(self.masks, dtype=np.uint8)
+            if self.masks.ndim != 3 or len(self.masks) != len(self.scores):
+                raise ValueError(f"{len(self.scores)} detections but masks of shape {self.masks.shape}")
 
     def __len__(self) -> int:
         return len(self.scores)
 
     def above(self, conf: float) -> "Detections":
         keep = self.scores >= conf
-        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
+        masks = None if self.masks is None else self.masks[keep]
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep], masks)
 
     @classmethod
     def empty(cls) -> "Detections":

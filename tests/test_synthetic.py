@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from detforge.data.formats import load_dataset
-from detforge.data.synthetic import BACKGROUND_FRACTION, MANIFEST, NAMES, ensure_synthetic, render_sample
+from detforge.data.polygons import rasterize
+from detforge.data.synthetic import BACKGROUND_FRACTION, MANIFEST, NAMES, VERSION, ensure_synthetic, render_sample
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -51,14 +52,14 @@ def test_complete_copy_is_reused_and_incomplete_one_regenerated(tmp_path):
 def test_default_location_follows_detforge_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DETFORGE_CACHE", str(tmp_path / "cache"))
     root = ensure_synthetic(n_train=4, n_val=2, size=64, seed=1)
-    assert root.parent == tmp_path / "cache" and root.name.startswith("synthetic-v1")
+    assert root.parent == tmp_path / "cache" and root.name.startswith(f"synthetic-v{VERSION}")
     assert (root / "data.yaml").is_file()
 
 
 def test_built_in_dataset_is_the_default_of_load_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("DETFORGE_CACHE", str(tmp_path))
     data = load_dataset(None)
-    assert data.layout == "synthetic" and data.root == tmp_path / "synthetic-v1"
+    assert data.layout == "synthetic" and data.root == tmp_path / f"synthetic-v{VERSION}"
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 240, "val": 60}
     assert all((s.width, s.height) == (320, 320) for s in data.splits["train"])
 
@@ -88,20 +89,22 @@ def _any_overlap(boxes: np.ndarray) -> bool:
     return False
 
 
-def test_boxes_tightly_bound_the_drawn_shapes():
+def test_boxes_tightly_bound_the_drawn_shapes_and_outlines_are_exact():
     single = 0
     for r in _renders(120):
         changed = (r.image != r.background).any(axis=2)
-        for x1, y1, x2, y2 in r.boxes.astype(int):
-            # the shape reaches each of the four sides of its box
-            assert changed[y1:y2, x1].any() and changed[y1:y2, x2 - 1].any()
-            assert changed[y1, x1:x2].any() and changed[y2 - 1, x1:x2].any()
-        if len(r.boxes) == 1:  # nothing else drawn: every changed pixel lies inside the box
+        assert len(r.polygons) == len(r.boxes)
+        for box, rings in zip(r.boxes, r.polygons):
+            # the box is the outline's bounds, and the painted pixels reach within 2.5 px of each
+            # side (a star's sharp tip narrows below a pixel before it ends)
+            pts = np.concatenate(rings)
+            np.testing.assert_allclose(box, [*pts.min(0), *pts.max(0)], atol=1e-4)
+            ys, xs = np.nonzero(rasterize(rings, 128, 128))
+            painted = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            assert np.abs(painted - box).max() <= 2.5
+        if len(r.boxes) == 1:  # nothing else drawn: the changed pixels are exactly the outline's
             single += 1
-            x1, y1, x2, y2 = r.boxes[0].astype(int)
-            outside = changed.copy()
-            outside[y1:y2, x1:x2] = False
-            assert not outside.any()
+            np.testing.assert_array_equal(rasterize(r.polygons[0], 128, 128), changed)
         if len(r.boxes) == 0:
             assert not changed.any()
     assert single >= 5

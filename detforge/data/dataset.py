@@ -26,6 +26,7 @@ from .augment.pipeline import EvalTransform, TrainTransform
 from .augment.resize import limit_long_side
 from .augment.targets import Targets
 from .image_io import ImageReadError, read_image, read_image_for_size
+from .polygons import rasterize_objects
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,10 @@ class DetectionDataset(Dataset):
     """Samples -> (image uint8 [3, S, S], target dict, meta dict).
 
     ``target``: boxes float32 [N, 4] abs xyxy in the output image, labels int64 [N],
-    weights float32 [N] (MixUp blend weights; 1.0 otherwise).
+    weights float32 [N] (MixUp blend weights; 1.0 otherwise), and with ``masks=True`` also
+    masks uint8 [N, S, S] (each object's outline rasterised in the output image; an object
+    without an outline gets its box). Outlines move with the pixels through every augmentation;
+    with ``masks=False`` (box-only models) they are not even loaded.
     ``meta``: index (sample index actually used), image_path, orig_size (h, w),
     scale (sx, sy) and pad (px, py) with x_orig = (x - px) / sx (exact for evaluation items;
     for augmented training items they describe the plain resize only), epoch, mosaic, mixup,
@@ -101,9 +105,11 @@ class DetectionDataset(Dataset):
         imgsz: int | None = None,
         cache: str = "false",
         cache_dir: Path | None = None,
+        masks: bool = False,
     ) -> None:
         self.cfg = cfg
         self.train = train
+        self.masks = bool(masks)
         self.imgsz = int(imgsz or cfg.imgsz)
         if train and cfg.fraction < 1:
             samples = select_fraction(samples, cfg.fraction, cfg.seed)
@@ -190,6 +196,8 @@ class DetectionDataset(Dataset):
             "labels": torch.from_numpy(np.ascontiguousarray(targets.labels, np.int64)),
             "weights": torch.from_numpy(np.ascontiguousarray(targets.weights, np.float32)),
         }
+        if self.masks:
+            target["masks"] = torch.from_numpy(rasterize_objects(targets.polygons, *out.shape[:2]))
         meta = {
             "index": used,
             "image_path": str(sample.image_path),
@@ -233,10 +241,13 @@ class DetectionDataset(Dataset):
                 self.bad_image_hits[path] += 1
                 continue
             s = self.samples[j]
-            targets = Targets.from_boxes(s.boxes, s.labels)
+            polygons = None
+            if self.masks:  # an object (or a sample) without an outline lends its box
+                polygons = s.polygons if s.polygons is not None else [[] for _ in range(len(s.labels))]
+            targets = Targets.from_boxes(s.boxes, s.labels, polygons)
             if img.shape[:2] != (h0, w0):
                 sx, sy = img.shape[1] / w0, img.shape[0] / h0
-                targets = targets.with_boxes(targets.boxes * np.array([sx, sy, sx, sy], np.float32))
+                targets = targets.mapped(np.diag([sx, sy, 1.0]), targets.boxes * np.array([sx, sy, sx, sy], np.float32))
             return j, img, targets
         raise RuntimeError(f"none of the {n} images of the dataset could be read; first problem: "
                            f"{next(iter(self.bad_images.values()), 'unknown')}")

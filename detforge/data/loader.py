@@ -163,7 +163,8 @@ def multi_scale_size(base: int, factor: float, stride: int, rng) -> int:
 
 
 def resize_batch(images: torch.Tensor, targets: list[dict], new_size: int):
-    """Resize a square batch [B, 3, S, S] (uint8 or float) to new_size; boxes follow."""
+    """Resize a square batch [B, 3, S, S] (uint8 or float) to new_size; boxes (and masks,
+    nearest-neighbour) follow."""
     size = images.shape[-1]
     if new_size == size:
         return images, targets
@@ -177,5 +178,10 @@ def resize_batch(images: torch.Tensor, targets: list[dict], new_size: int):
     for t in targets:
         t = dict(t)
         t["boxes"] = t["boxes"] * ratio
+        if "masks" in t and len(t["masks"]):
+            t["masks"] = F.interpolate(t["masks"][None].float(), size=(new_size, new_size), mode="nearest")[0].to(
+                t["masks"].dtype)
+        elif "masks" in t:
+            t["masks"] = t["masks"].new_zeros((0, new_size, new_size))
         out.append(t)
     return x, out

@@ -8,6 +8,12 @@ for a sparse set). Everything comes from numpy Generators seeded per image, so t
 same bytes on every run (and the dataset needs no network). Written in the YOLO layout with
 a data.yaml; a manifest written last marks the folder complete, so an interrupted generation
 is detected and redone.
+
+Each shape is a polygon with whole-pixel vertices (a circle/ellipse is a 48-gon), painted by
+detforge's own rasteriser (a pixel belongs to the shape when its centre lies inside), so the
+label files carry every object's exact outline as a YOLO-seg line (``cls x1 y1 x2 y2 ...``
+normalised) and its box is the outline's bounds: instance masks are exact, and box-only
+readers get the box. (Version 1 drew with OpenCV and wrote boxes only.)
 """
 
 from __future__ import annotations
@@ -23,15 +29,17 @@ import cv2
 import numpy as np
 import yaml
 
-from detforge.data.formats.yolo import yolo_line
+from detforge.data.formats.yolo import yolo_seg_line
+from detforge.data.polygons import clip_ring, drop_repeated_vertices, outline_bounds, rasterize
 
 NAMES = ("circle", "square", "triangle", "star")
-VERSION = 1
+VERSION = 2
 MANIFEST = "synthetic.json"
 BACKGROUND_FRACTION = 0.1
 MAX_OBJECTS = 6
 SIDE_RANGE = (0.08, 0.40)  # object side as a fraction of the image side
 MIN_CONTRAST = 60.0  # least distance between an object's colour and the local background mean
+ELLIPSE_VERTICES = 48  # a circle/ellipse is this regular polygon (under 0.2 px from the curve here)
 _OUR_ENTRIES = ("images", "labels", "data.yaml", MANIFEST)
 _DEFAULTS = {"n_train": 240, "n_val": 60, "size": 320, "seed": 0}
 DEFAULT_OBJECTS = (1, MAX_OBJECTS)
@@ -41,8 +49,9 @@ DEFAULT_OBJECTS = (1, MAX_OBJECTS)
 class SyntheticImage:
     image: np.ndarray  # RGB uint8 [H, W, 3]
     background: np.ndarray  # the same image before any object was drawn
-    boxes: np.ndarray  # float32 [N, 4] xyxy, the tight bounds of each drawn shape
+    boxes: np.ndarray  # float32 [N, 4] xyxy, the bounds of each shape's outline
     labels: np.ndarray  # int64 [N]
+    polygons: list  # per object [ring float [K, 2]]: the exact outline it was painted from
 
 
 def default_root(n_train: int, n_val: int, size: int, seed: int, objects: tuple[int, int] = DEFAULT_OBJECTS) -> Path:
@@ -127,7 +136,8 @@ def _generate(out: Path, spec: dict) -> None:
             image_rel = f"images/{split}/{stem}.jpg"
             label_rel = f"labels/{split}/{stem}.txt"
             (out / image_rel).write_bytes(jpg.tobytes())
-            lines = [yolo_line(c, b, spec["size"], spec["size"]) for b, c in zip(sample.boxes, sample.labels)]
+            lines = [yolo_seg_line(c, rings, spec["size"], spec["size"])
+                     for rings, c in zip(sample.polygons, sample.labels)]
             (out / label_rel).write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
             files[image_rel] = (out / image_rel).stat().st_size
             files[label_rel] = (out / label_rel).stat().st_size
@@ -146,20 +156,23 @@ def render_sample(rng: np.random.Generator, size: int, objects: tuple[int, int] 
     n = 0 if rng.random() < BACKGROUND_FRACTION else int(rng.integers(lo, hi + 1))
     boxes: list[list[float]] = []
     labels: list[int] = []
+    polygons: list[list[np.ndarray]] = []
     for _ in range(n):
         for _attempt in range(20):
             label = int(rng.integers(len(NAMES)))
-            mask = _shape_mask(rng, label, size)
-            x, y, w, h = cv2.boundingRect(mask)
-            if w >= 2 and h >= 2 and not _hides_too_much([x, y, x + w, y + h], boxes):
+            ring = _shape_outline(rng, label, size)
+            box = outline_bounds([ring]).tolist()
+            if box[2] - box[0] >= 2 and box[3] - box[1] >= 2 and not _hides_too_much(box, boxes):
                 break
         else:
             continue
-        _paint(rng, image, mask, (x, y, w, h))
-        boxes.append([x, y, x + w, y + h])
+        mask = rasterize([ring], size, size).astype(np.uint8)
+        _paint(rng, image, mask, cv2.boundingRect(mask))
+        boxes.append(box)
         labels.append(label)
+        polygons.append([ring.astype(np.float32)])
     return SyntheticImage(image, background, np.asarray(boxes, np.float32).reshape(-1, 4),
-                          np.asarray(labels, np.int64))
+                          np.asarray(labels, np.int64), polygons)
 
 
 def _hides_too_much(box: list[float], boxes: list[list[float]], limit: float = 0.5) -> bool:
@@ -210,19 +223,18 @@ def _noise(rng: np.random.Generator, shape: tuple[int, ...], std: float) -> np.n
     return (u - np.float32(127.5)) * np.float32(std / 73.9)  # std of uniform 0..255 is 73.9
 
 
-def _shape_mask(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+def _shape_outline(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+    """The shape's polygon (float64 [K, 2], absolute pixels, inside the image)."""
     side = rng.uniform(*SIDE_RANGE) * size
     aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
     w, h = side * math.sqrt(aspect), side / math.sqrt(aspect)
     cx = rng.uniform(w / 2, size - w / 2)
     cy = rng.uniform(h / 2, size - h / 2)
-    mask = np.zeros((size, size), np.uint8)
     name = NAMES[label]
     if name == "circle":
-        angle = rng.uniform(0, 180)
-        cv2.ellipse(mask, (round(cx), round(cy)), (max(1, round(w / 2)), max(1, round(h / 2))), angle, 0, 360, 255, -1)
-        return mask
-    if name == "square":
+        t = np.linspace(0, 2 * math.pi, ELLIPSE_VERTICES, endpoint=False)
+        unit, angle = list(zip(np.cos(t), np.sin(t))), rng.uniform(0, 180)
+    elif name == "square":
         unit, angle = [(-1, -1), (1, -1), (1, 1), (-1, 1)], rng.uniform(-20, 20)
     elif name == "triangle":
         unit = [(math.cos(a), math.sin(a)) for a in np.radians([-90, 30, 150])]
@@ -234,9 +246,9 @@ def _shape_mask(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     pts = np.asarray(unit, np.float64) * [w / 2, h / 2]
     a = math.radians(angle)
     rot = np.asarray([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-    pts = pts @ rot.T + [cx, cy]
-    cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 255)
-    return mask
+    # a rotated shape may reach past the image edge: the outline is the part inside it; whole-
+    # pixel vertices keep the boxes (the outline's bounds) whole numbers, exact in every format
+    return drop_repeated_vertices(np.round(clip_ring(pts @ rot.T + [cx, cy], (0, 0, size, size))))
 
 
 def _paint(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray, rect: tuple[int, int, int, int]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..polygons import box_ring, clip_outline
 from .targets import Targets, box_areas
 
 BLEND_RANGE = (0.6, 1.0)
@@ -56,7 +57,7 @@ def copy_blend(img: np.ndarray, targets: Targets, donor: np.ndarray, donor_targe
     h, w = img.shape[:2]
     dh, dw = donor.shape[:2]
     placed = targets.boxes.copy()
-    new_boxes, new_labels, new_weights = [], [], []
+    new_boxes, new_labels, new_weights, new_outlines = [], [], [], []
     for i in rng.permutation(len(donor_targets))[:max_objects]:
         x1, y1, x2, y2 = np.round(donor_targets.boxes[i]).astype(int)
         x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, dw), min(y2, dh)
@@ -84,7 +85,12 @@ def copy_blend(img: np.ndarray, targets: Targets, donor: np.ndarray, donor_targe
         new_boxes.append(box)
         new_labels.append(donor_targets.labels[i])
         new_weights.append(donor_targets.weights[i] * ratio)
+        if donor_targets.polygons is not None:  # the outline moves with its cut
+            shift = np.array([nx - cx1, ny - cy1], np.float64)
+            new_outlines.append([r + shift for r in clip_outline(donor_targets.polygons[i], (cx1, cy1, cx2, cy2))]
+                                or [box_ring(box)])
     if not new_boxes:
         return img, targets
-    pasted = Targets(np.stack(new_boxes), np.asarray(new_labels), np.asarray(new_weights, np.float32))
+    pasted = Targets(np.stack(new_boxes), np.asarray(new_labels), np.asarray(new_weights, np.float32),
+                     new_outlines if donor_targets.polygons is not None else None)
     return img, Targets.concat([targets, pasted])

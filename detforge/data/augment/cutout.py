@@ -1,10 +1,17 @@
-"""Cutout: a few random rectangles filled with gray or black; hidden boxes are dropped."""
+"""Cutout: a few random rectangles filled with gray or black; hidden boxes are dropped.
+
+Objects with outlines lose exactly the hidden pixels: each rectangle is subtracted from the
+outline (``detforge.data.polygons.subtract_rect``, more rings, no rasterised mask), the box
+becomes the bounds of what stays visible (as a COCO box bounds the visible segmentation), and
+visibility is the outline's area left over its area before.
+"""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
+from ..polygons import outline_area, outline_bounds, subtract_rect
 from .geometric import PAD_VALUE
 from .targets import Targets, box_areas
 
@@ -55,9 +62,25 @@ def cutout(
         hidden[y1:y2, x1:x2] = True
     if len(targets) == 0:
         return out, targets
+    if targets.polygons is not None:
+        return out, _cut_outlines(targets, rects, min_visibility)
     keep = visible_fraction(targets.boxes, hidden) >= min_visibility
     keep &= box_areas(targets.boxes) > 0
     return out, targets.select(keep)
+
+
+def _cut_outlines(targets: Targets, rects, min_visibility: float) -> Targets:
+    polygons, boxes = [], targets.boxes.copy()
+    keep = np.zeros(len(targets), bool)
+    for i, rings in enumerate(targets.polygons):
+        before = outline_area(rings)
+        for rect in rects:
+            rings = subtract_rect(rings, rect)
+        polygons.append(rings)
+        if rings:
+            boxes[i] = outline_bounds(rings)
+            keep[i] = before > 0 and outline_area(rings) / before >= min_visibility
+    return Targets(boxes, targets.labels, targets.weights, polygons).select(keep & (box_areas(boxes) > 0))
 
 
 def random_cutout(

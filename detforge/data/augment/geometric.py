@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from .targets import Targets, clip_boxes, keep_visible
+from ..polygons import clip_outline, outline_area, outline_bounds, transform_rings
 
 PAD_VALUE = 114  # gray used for every border, as in the YOLO family
 
@@ -89,6 +90,8 @@ def warp_targets(
     """
     if len(targets) == 0:
         return targets
+    if targets.polygons is not None:
+        return warp_outlines(targets, m, out_w, out_h, min_size, min_visibility, region)
     reference = affine_boxes(targets.boxes, m)
     src = targets.boxes
     if region is not None:
@@ -98,6 +101,39 @@ def warp_targets(
     moved = clip_boxes(affine_boxes(src, m), out_w, out_h)
     keep = keep_visible(moved, reference, min_size, min_visibility)
     return targets.with_boxes(moved).select(keep)
+
+
+def warp_outlines(
+    targets: Targets,
+    m: np.ndarray,
+    out_w: int,
+    out_h: int,
+    min_size: float,
+    min_visibility: float,
+    region: tuple[float, float, float, float] | None = None,
+) -> Targets:
+    """``warp_targets`` for objects with outlines: the outline is clipped to ``region`` (in
+    the source), moved by ``m`` and clipped to the output, and the box becomes the bounds of
+    what is left (tighter than the moved box's corners under rotation or shear, as in
+    Ultralytics). Visibility is the outline's area left over its whole moved area; an object
+    whose outline vanishes is dropped with its box.
+    """
+    det = abs(float(np.linalg.det(np.asarray(m, np.float64)[:2, :2])))
+    out_rect = (0.0, 0.0, float(out_w), float(out_h))
+    polygons, boxes, keep = [], np.zeros((len(targets), 4), np.float32), np.zeros(len(targets), bool)
+    for i, rings in enumerate(targets.polygons):
+        full = det * outline_area(rings)
+        if region is not None:
+            rings = clip_outline(rings, region)
+        moved = clip_outline(transform_rings(rings, m), out_rect)
+        polygons.append(moved)
+        if not moved:
+            continue
+        boxes[i] = outline_bounds(moved)
+        w, h = boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1]
+        visible = outline_area(moved) / full if full > 0 else 0.0
+        keep[i] = w >= min_size and h >= min_size and w > 0 and h > 0 and visible >= min_visibility
+    return Targets(boxes, targets.labels, targets.weights, polygons).select(keep)
 
 
 def warp_image(img: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
@@ -254,14 +290,14 @@ def flip_lr(img: np.ndarray, targets: Targets) -> tuple[np.ndarray, Targets]:
     w = img.shape[1]
     b = targets.boxes.copy()
     b[:, [0, 2]] = w - targets.boxes[:, [2, 0]]
-    return cv2.flip(img, 1), targets.with_boxes(b)
+    return cv2.flip(img, 1), targets.mapped(np.array([[-1.0, 0, w], [0, 1, 0], [0, 0, 1]]), b)
 
 
 def flip_ud(img: np.ndarray, targets: Targets) -> tuple[np.ndarray, Targets]:
     h = img.shape[0]
     b = targets.boxes.copy()
     b[:, [1, 3]] = h - targets.boxes[:, [3, 1]]
-    return cv2.flip(img, 0), targets.with_boxes(b)
+    return cv2.flip(img, 0), targets.mapped(np.array([[1.0, 0, 0], [0, -1, h], [0, 0, 1]]), b)
 
 
 _ROTATE_CODES = {1: cv2.ROTATE_90_COUNTERCLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_CLOCKWISE}
@@ -276,8 +312,11 @@ def rotate90(img: np.ndarray, targets: Targets, k: int) -> tuple[np.ndarray, Tar
     x1, y1, x2, y2 = targets.boxes.T
     if k == 1:  # (x, y) -> (y, w - x)
         b = np.stack([y1, w - x2, y2, w - x1], 1)
+        m = [[0.0, 1, 0], [-1, 0, w]]
     elif k == 2:  # (x, y) -> (w - x, h - y)
         b = np.stack([w - x2, h - y2, w - x1, h - y1], 1)
+        m = [[-1.0, 0, w], [0, -1, h]]
     else:  # (x, y) -> (h - y, x)
         b = np.stack([h - y2, x1, h - y1, x2], 1)
-    return cv2.rotate(img, _ROTATE_CODES[k]), targets.with_boxes(b.reshape(-1, 4))
+        m = [[0.0, -1, h], [1, 0, 0]]
+    return cv2.rotate(img, _ROTATE_CODES[k]), targets.mapped(np.array(m + [[0, 0, 1]]), b.reshape(-1, 4))

@@ -37,7 +37,7 @@ def limit_long_side(img: np.ndarray, size: int) -> np.ndarray:
 
 def scale_targets(targets: Targets, sx: float, sy: float, px: float = 0.0, py: float = 0.0) -> Targets:
     b = targets.boxes * np.array([sx, sy, sx, sy], np.float32) + np.array([px, py, px, py], np.float32)
-    return targets.with_boxes(b)
+    return targets.mapped(np.array([[sx, 0, px], [0, sy, py], [0, 0, 1]], np.float64), b)
 
 
 def stretch(img: np.ndarray, targets: Targets, size: int):

@@ -1,10 +1,13 @@
-"""Boxes, labels and per-box loss weights that travel together through every transform."""
+"""Boxes, labels, per-box loss weights and (optionally) outlines that travel together through
+every transform."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from detforge.data.polygons import box_ring, outline_area, outline_bounds, transform_rings
 
 
 @dataclass
@@ -13,11 +16,14 @@ class Targets:
 
     ``weights`` is 1.0 for an ordinary box; geometry-preserving MixUp sets it to the blend
     ratio of the image the box came from, so a loss can down-weight faded objects.
+    ``polygons`` (None when masks are not wanted) holds each object's outline: a list of rings
+    (float [K, 2], absolute pixels), aligned with the boxes (see ``detforge.data.polygons``).
     """
 
     boxes: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
+    polygons: list | None = None
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
@@ -28,11 +34,20 @@ class Targets:
                 f"targets disagree: {len(self.boxes)} boxes, {len(self.labels)} labels, "
                 f"{len(self.weights)} weights"
             )
+        if self.polygons is not None and len(self.polygons) != len(self.labels):
+            raise ValueError(f"targets disagree: {len(self.labels)} boxes but {len(self.polygons)} outlines")
 
     @classmethod
-    def from_boxes(cls, boxes, labels) -> "Targets":
+    def from_boxes(cls, boxes, labels, polygons=None) -> "Targets":
+        """``polygons``: one outline per box (an empty outline: the box stands in for it)."""
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-        return cls(boxes, labels, np.ones(len(labels), np.float32))
+        t = cls(boxes, labels, np.ones(len(labels), np.float32))
+        if polygons is not None:
+            t.polygons = [[np.asarray(r, np.float64) for r in rings] or [box_ring(b)]
+                          for rings, b in zip(polygons, t.boxes)]
+            if len(t.polygons) != len(t.labels):
+                raise ValueError(f"targets disagree: {len(t.labels)} boxes but {len(polygons)} outlines")
+        return t
 
     @classmethod
     def empty(cls) -> "Targets":
@@ -42,22 +57,50 @@ class Targets:
         return len(self.labels)
 
     def select(self, keep: np.ndarray) -> "Targets":
-        return Targets(self.boxes[keep], self.labels[keep], self.weights[keep])
+        polygons = None
+        if self.polygons is not None:
+            polygons = [self.polygons[i] for i in np.arange(len(self.labels))[keep]]
+        return Targets(self.boxes[keep], self.labels[keep], self.weights[keep], polygons)
 
     def with_boxes(self, boxes: np.ndarray) -> "Targets":
-        return Targets(boxes, self.labels, self.weights)
+        return Targets(boxes, self.labels, self.weights, self.polygons)
 
     def with_weights(self, weights) -> "Targets":
-        return Targets(self.boxes, self.labels, np.broadcast_to(weights, self.labels.shape).copy())
+        return Targets(self.boxes, self.labels, np.broadcast_to(weights, self.labels.shape).copy(), self.polygons)
+
+    def with_polygons(self, polygons: list | None) -> "Targets":
+        return Targets(self.boxes, self.labels, self.weights, polygons)
+
+    def mapped(self, m: np.ndarray, boxes: np.ndarray) -> "Targets":
+        """These targets with ``boxes`` (already moved by the caller) and outlines moved by the
+        3x3 affine ``m`` (flips, rot90, resizes: maps that keep everything inside the image)."""
+        polygons = None
+        if self.polygons is not None:
+            polygons = [transform_rings(rings, m) for rings in self.polygons]
+        return Targets(boxes, self.labels, self.weights, polygons)
+
+    def polygon_boxes(self) -> np.ndarray:
+        """The bounds of each outline (float32 [N, 4]); needs ``polygons``."""
+        return np.stack([outline_bounds(r) for r in self.polygons]).reshape(-1, 4) if self.polygons else \
+            np.zeros((0, 4), np.float32)
+
+    def polygon_areas(self) -> np.ndarray:
+        return np.array([outline_area(r) for r in self.polygons or []], np.float64)
 
     @staticmethod
     def concat(parts: list["Targets"]) -> "Targets":
         if not parts:
             return Targets.empty()
+        polygons = None
+        if any(p.polygons is not None for p in parts):
+            # a part without outlines (its image had none) lends its boxes as outlines
+            polygons = [rings for p in parts
+                        for rings in (p.polygons if p.polygons is not None else [[box_ring(b)] for b in p.boxes])]
         return Targets(
             np.concatenate([p.boxes for p in parts]),
             np.concatenate([p.labels for p in parts]),
             np.concatenate([p.weights for p in parts]),
+            polygons,
         )
 
 

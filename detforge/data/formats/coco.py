@@ -28,6 +28,7 @@ from detforge.data.formats.common import (
     probe,
     split_name,
 )
+from detforge.data.formats.outlines import clean_outline, coco_segmentation_rings
 from detforge.records import DetectionData, Sample
 
 ROBOFLOW_JSON = "_annotations.coco.json"
@@ -132,6 +133,7 @@ def _read_split(root: Path, json_path: Path, doc: dict, cat_to_label: dict[int, 
             continue
         _check_size(json_path, img, size, log)
         parsed: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
+        outlines: list[list[np.ndarray]] = []  # one per object (not crowd region) kept so far
         for a in anns.get(img.get("id"), []):
             crowd = bool(a.get("iscrowd"))
             at = f"{path.name} {'crowd region' if crowd else 'annotation'} id {a.get('id')}"
@@ -149,11 +151,17 @@ def _read_split(root: Path, json_path: Path, doc: dict, cat_to_label: dict[int, 
             boxes.append([x, y, x + w, y + h])
             labels.append(cat_to_label[a["category_id"]])
             where.append(at)
-        objects, crowds = (clean_boxes(np.asarray(bx, np.float64).reshape(-1, 4), np.asarray(lb, np.int64),
-                                       *size, len(cat_to_label), json_path, log, at)
-                           for bx, lb, at in (parsed[False], parsed[True]))
+            if not crowd:
+                rings = coco_segmentation_rings(a.get("segmentation"), *size, json_path, log, at)
+                outlines.append(clean_outline(rings, *size, json_path, log, at))
+        bx, lb, at = parsed[False]
+        *objects, outlines = clean_boxes(np.asarray(bx, np.float64).reshape(-1, 4), np.asarray(lb, np.int64),
+                                         *size, len(cat_to_label), json_path, log, at, polygons=outlines)
+        bx, lb, at = parsed[True]
+        crowds = clean_boxes(np.asarray(bx, np.float64).reshape(-1, 4), np.asarray(lb, np.int64),
+                             *size, len(cat_to_label), json_path, log, at)
         samples.append(Sample(path, *objects, *size, crowd_boxes=crowds[0], crowd_labels=crowds[1],
-                              image_id=img.get("id")))
+                              image_id=img.get("id"), polygons=outlines if any(outlines) else None))
     return samples
 
 

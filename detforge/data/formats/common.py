@@ -61,12 +61,14 @@ def probe(path: Path, log: ProblemLog) -> tuple[int, int] | None:
 
 
 def clean_boxes(raw: np.ndarray, labels: np.ndarray, width: int, height: int, num_classes: int,
-                source: Path, log: ProblemLog, where: list[str]) -> tuple[np.ndarray, np.ndarray]:
+                source: Path, log: ProblemLog, where: list[str], polygons: list | None = None):
     """Drop or clip bad boxes (absolute xyxy) and log one problem per affected box.
 
     ``where`` names each box in messages (e.g. "line 3"). Each box gets the first that applies
     of: non-finite, class out of range, degenerate (x2<=x1 or y2<=y1), outside the image.
     Vectorised; only the rare bad boxes go through the Python loop that writes messages.
+    Returns (boxes, labels), or (boxes, labels, polygons) when ``polygons`` (one outline per
+    box) is given: the outlines of dropped boxes go with them.
     """
     boxes = np.asarray(raw, np.float64).reshape(-1, 4)
     labels = np.asarray(labels, np.int64).reshape(-1)
@@ -95,6 +97,8 @@ def clean_boxes(raw: np.ndarray, labels: np.ndarray, width: int, height: int, nu
         else:
             log.add(source, "out_of_range_box",
                     f"{desc} reaches {reach[i]:.1f} px outside the {width}x{height} image; clipped")
+    if polygons is not None:
+        return clipped[keep].astype(np.float32), labels[keep], [polygons[i] for i in np.flatnonzero(keep)]
     return clipped[keep].astype(np.float32), labels[keep]
 
 

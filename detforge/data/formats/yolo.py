@@ -5,7 +5,10 @@ Folder layouts read here: ``images/{train,val,test}/`` + ``labels/{same}/`` (nes
 ``images/`` + ``labels/`` (then a deterministic 80/20 train/val split is made). A label file
 belongs to an image by the Ultralytics rule: the last ``images`` folder in the image path
 becomes ``labels`` and the suffix becomes ``.txt``. Lines with 1 + 2k numbers (k >= 3) are
-polygons (Ultralytics segmentation labels) and give their bounding box.
+polygons (Ultralytics segmentation labels, ``cls x1 y1 x2 y2 ...`` normalised): the object's
+outline, and its bounding box is the box. A file may mix both kinds of line; the writer writes
+every object of an image with outlines as a polygon (its box's corners when it has none),
+because Ultralytics reads a file with any polygon as all polygons.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from detforge.data.formats.common import (
     probe,
     split_name,
 )
+from detforge.data.formats.outlines import clean_outline
 from detforge.data.image_io import is_image_file
+from detforge.data.polygons import box_ring, join_outline
 from detforge.records import DetectionData, Sample
 
 
@@ -44,6 +49,7 @@ class RawLabels:
     boxes: np.ndarray  # float64 [N, 4] absolute xyxy, may be non-finite or degenerate
     labels: np.ndarray  # int64 [N]
     where: list[str]
+    rings: list[list[np.ndarray]] | None = None  # per line: [] or [ring abs px]; None: no polygon line
 
 
 def label_path_for(image: Path) -> Path:
@@ -55,15 +61,17 @@ def label_path_for(image: Path) -> Path:
     return image.with_suffix(".txt")  # labels beside the images
 
 
-def parse_label_file(path: Path, size: tuple[int, int], log: ProblemLog) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Boxes (absolute xyxy, unvalidated), class ids and line tags; malformed lines logged."""
+def parse_label_file(path: Path, size: tuple[int, int], log: ProblemLog
+                     ) -> tuple[np.ndarray, np.ndarray, list[str], list[list[np.ndarray]] | None]:
+    """Boxes (absolute xyxy, unvalidated), class ids, line tags and outlines (per line ``[]``
+    or ``[ring]`` in absolute pixels; None when no line is a polygon); malformed lines logged."""
     w, h = size
-    boxes, labels, where = [], [], []
+    boxes, labels, where, rings = [], [], [], []
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         log.add(path, "unreadable_label", f"label file cannot be read ({type(e).__name__}); its boxes are lost")
-        return np.zeros((0, 4)), np.zeros(0, np.int64), []
+        return np.zeros((0, 4)), np.zeros(0, np.int64), [], None
     for n, line in enumerate(text.splitlines(), 1):
         fields = line.replace(",", " ").split()
         if not fields:
@@ -82,13 +90,16 @@ def parse_label_file(path: Path, size: tuple[int, int], log: ProblemLog) -> tupl
         if polygon:
             xs, ys = np.asarray(values[1::2]), np.asarray(values[2::2])
             box = [xs.min() * w, ys.min() * h, xs.max() * w, ys.max() * h]
+            rings.append([np.stack([xs * w, ys * h], 1)])
         else:
             cx, cy, bw, bh = values[1:]
             box = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+            rings.append([])
         boxes.append(box)
         labels.append(int(values[0]))
         where.append(f"line {n}")
-    return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64), where
+    outlines = rings if any(rings) else None
+    return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(labels, np.int64), where, outlines
 
 
 def read_image_splits(images: dict[str, list[Path]], names: list[str] | None, root: Path, log: ProblemLog,
@@ -121,8 +132,14 @@ def read_image_splits(images: dict[str, list[Path]], names: list[str] | None, ro
         log.split = split
         splits[split] = []
         for r in items:
-            boxes, labels = clean_boxes(r.boxes, r.labels, *r.size, len(names), r.label_file, log, r.where)
-            splits[split].append(Sample(r.image, boxes, labels, *r.size))
+            if r.rings is None:
+                boxes, labels = clean_boxes(r.boxes, r.labels, *r.size, len(names), r.label_file, log, r.where)
+                splits[split].append(Sample(r.image, boxes, labels, *r.size))
+                continue
+            outlines = [clean_outline(rings, *r.size, r.label_file, log, at) for rings, at in zip(r.rings, r.where)]
+            boxes, labels, outlines = clean_boxes(r.boxes, r.labels, *r.size, len(names), r.label_file, log,
+                                                  r.where, polygons=outlines)
+            splits[split].append(Sample(r.image, boxes, labels, *r.size, polygons=outlines))
     log.split = None
     return names, splits
 
@@ -196,12 +213,26 @@ def read_yolo(root: Path) -> DetectionData:
     return DetectionData(names, splits, root, "yolo", log.items)
 
 
+def yolo_seg_line(label: int, rings: list[np.ndarray], width: int, height: int) -> str:
+    """``cls x1 y1 x2 y2 ...`` normalised; several rings are joined into one by zero-width cuts."""
+    ring = join_outline(rings) / np.array([width, height], np.float64)
+    return f"{int(label)} " + " ".join(f"{v:.8g}" for v in ring.reshape(-1))
+
+
 def yolo_line(label: int, box: np.ndarray, width: int, height: int) -> str:
     x1, y1, x2, y2 = (float(v) for v in box)
     cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
     bw, bh = (x2 - x1) / width, (y2 - y1) / height
     # 8 significant digits keep round trips within 1e-3 px even on 10k-pixel images
     return f"{int(label)} {cx:.8g} {cy:.8g} {bw:.8g} {bh:.8g}"
+
+
+def sample_lines(s: Sample) -> list[str]:
+    """A sample's label lines: boxes, or polygons for every object when it has any outline."""
+    if s.polygons is None or not any(s.polygons):
+        return [yolo_line(c, b, s.width, s.height) for b, c in zip(s.boxes, s.labels)]
+    return [yolo_seg_line(c, rings or [box_ring(b)], s.width, s.height)
+            for b, c, rings in zip(s.boxes, s.labels, s.polygons)]
 
 
 def write_yolo(data: DetectionData, out: Path, link: bool = False) -> Path:
@@ -213,8 +244,7 @@ def write_yolo(data: DetectionData, out: Path, link: bool = False) -> Path:
             place_image(s.image_path, out / "images" / split / name, link)
             label = out / "labels" / split / (Path(name).stem + ".txt")
             label.parent.mkdir(parents=True, exist_ok=True)
-            lines = [yolo_line(c, b, s.width, s.height) for b, c in zip(s.boxes, s.labels)]
-            label.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+            label.write_text("".join(line + "\n" for line in sample_lines(s)), encoding="utf-8")
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
     spec = {"path": ".", **{split: f"images/{split}" for split in data.splits}, "names": list(data.names)}
     (out / "data.yaml").write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
