@@ -75,9 +75,13 @@ def test_onnx_dynamic_matches_torch_at_two_sizes(exported, images, key, n):
 @pytest.mark.parametrize("key", ["square", "cut"])
 @pytest.mark.parametrize("n", [1, 3])
 def test_openvino_matches_torch(exported, images, key, n):
+    # an FP32 export runs in f32 even where the CPU has bf16 units (OpenVINO's CPU default
+    # there is bf16: scores off by up to 4e-4 on this test's models, 1e-7 in f32)
     _, model, files = exported
     batch = _batch(images, key, n)
-    _compare(_torch(model, batch), OpenVINOBackend(files["openvino"], threads=1)(batch))
+    backend = OpenVINOBackend(files["openvino"], threads=1)
+    assert backend.precision == "f32"
+    _compare(_torch(model, batch), backend(batch), box_tol=0.05, score_tol=1e-5)
 
 
 def test_openvino_fp16_close_to_torch(exported, images):

@@ -25,7 +25,13 @@ def export_openvino(onnx_path: Path, out: Path, meta: ExportMetadata, half: bool
     write_openvino_metadata(model, meta)
     out = Path(out).with_suffix(".xml")
     out.parent.mkdir(parents=True, exist_ok=True)
-    # compress_to_fp16 stores FP16 weights; the CPU plugin still computes in its own precision
+    # compress_to_fp16 stores FP16 weights; the precision it computes in is set when detforge
+    # compiles it (detforge.infer.backends.openvino_precision_config, from the metadata's half)
     ov.save_model(model, str(out), compress_to_fp16=half)
-    LOG.info("OpenVINO: %s (%s weights)", out, "FP16" if half else "FP32")
+    if half:
+        LOG.info("OpenVINO: %s (FP16 weights; detforge runs it at the device's fast precision, bf16 or f16 "
+                 "where the CPU has them)", out)
+    else:
+        LOG.info("OpenVINO: %s (FP32 weights; detforge runs it in f32: INFERENCE_PRECISION_HINT=f32, so CPUs "
+                 "with bf16 do not silently compute in bf16)", out)
     return out
