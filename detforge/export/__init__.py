@@ -74,6 +74,10 @@ def export_model(
         conf = [float(c) for c in conf]
         if len(conf) != num_classes:
             raise ValueError(f"conf lists {len(conf)} per-class thresholds for {num_classes} classes")
+    if format == "openvino":
+        from detforge.export.openvino import require_openvino
+
+        require_openvino()  # an extra: fail with the install hint before the ONNX step
     if format == "tensorrt":
         from detforge.export.tensorrt import require_tensorrt
 

@@ -8,13 +8,14 @@ from pathlib import Path
 from detforge.export.metadata import ExportMetadata, write_openvino_metadata
 
 LOG = logging.getLogger("detforge")
+INSTALL_HINT = "OpenVINO is not installed (an optional runtime): pip install openvino  (or pip install 'detforge[export]')"
 
 
 def require_openvino():
     try:
         import openvino
     except ImportError:
-        raise ValueError("OpenVINO is not installed: pip install openvino  (or pip install 'detforge[export]')") from None
+        raise ValueError(INSTALL_HINT) from None
     return openvino
 
 
