@@ -122,6 +122,15 @@ def test_run_state_trains_resumes_skips_or_refuses(tmp_path):
         run_state(tmp_path / "done", "dfine-n", None, 128, 5)
 
 
+def test_latency_runs_where_the_runtime_can():
+    from detforge.compare.measure import latency_device
+
+    assert latency_device("torch", "0") == "0"
+    assert latency_device("onnxruntime", "cpu") == "cpu"
+    assert latency_device("onnxruntime", "0") == "auto"  # CUDA provider if this build has one, else CPU
+    assert latency_device("openvino", "cuda") == "auto"
+
+
 def test_cli_refuses_a_comparison_without_models(capsys):
     from detforge.cli import main
 

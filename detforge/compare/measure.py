@@ -84,6 +84,15 @@ def export_for(c: Candidate, runtime: str, batch: int, folder: Path) -> Path:
     return Path(Detector(str(c.weights)).export(format=fmt, out=path, imgsz=c.imgsz, batch=batch))
 
 
+def latency_device(runtime: str, device: str) -> str:
+    """Where the runtime runs: torch on the training device; onnxruntime / OpenVINO on the CPU
+    when asked, else ``auto`` (onnxruntime's CUDA provider where its build has one, OpenVINO's
+    CPU), since a CUDA index such as ``0`` means nothing to them."""
+    if runtime == "torch" or str(device).lower() in ("cpu", "auto", ""):
+        return device
+    return "auto"
+
+
 def latency_session(files: dict[str, Path], runtime: str, batch: int, threads: int | None, device: str,
                     iters: int, seed: int = 0) -> dict[str, dict[str, Any]]:
     """label -> latency summary (p50_ms, p90_ms, avg_ms, throughput, ...), measured interleaved."""
@@ -93,7 +102,7 @@ def latency_session(files: dict[str, Path], runtime: str, batch: int, threads: i
     backends, inputs = {}, {}
     rng = np.random.default_rng(seed)
     for label, path in files.items():
-        b = load_backend(path, runtime, device, threads)
+        b = load_backend(path, runtime, latency_device(runtime, device), threads)
         h, w = b.meta.imgsz
         backends[label] = b
         inputs[label] = to_input([rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(batch)], b.input_dtype)
