@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from detforge.config import TrainConfig, build_config
+from detforge.config import TrainConfig
 from detforge.engine.checkpoint import build_with_weights, load_detector_checkpoint, set_decoder_layers
 from detforge.utils.runtime import increment_path, select_device, setup_logging
 
@@ -65,10 +65,11 @@ class Detector:
         if self.pretrained:
             args["pretrained"] = self.pretrained
         args.update(overrides)
-        from detforge.hub import resolve_in_config
+        if cfg_file:
+            args["cfg"] = cfg_file
+        from detforge.resolve import resolve_train_config
 
-        cfg = resolve_in_config(build_config(args, cfg_file=cfg_file))  # pretrained=NAME -> its downloaded file
-        trainer = Trainer(cfg)
+        trainer = Trainer(resolve_train_config(args))  # pretrained=NAME is fetched there
         metrics = trainer.train()
         best = Path(metrics["save_dir"]) / "weights" / "best.pt"
         if best.is_file():
@@ -86,9 +87,9 @@ class Detector:
         from detforge.data.loader import build_dataloader
         from detforge.engine.validator import evaluate
 
-        cfg_file = overrides.pop("cfg", None)
-        args = {**self._settings(), "model": self.source, **overrides}
-        cfg = build_config(args, cfg_file=cfg_file)
+        from detforge.resolve import command_config
+
+        cfg = command_config("val", {"model": self.source, **overrides}, base=self._settings())
         device = select_device(cfg.device)
         data = load_dataset(cfg.data)
         samples = data.splits.get(cfg.split) or []
@@ -107,7 +108,8 @@ class Detector:
         from detforge.eval.evaluator import fitness
 
         metrics["fitness"] = fitness(metrics, cfg.fitness)
-        save_dir = Path(cfg.save_dir) if cfg.save_dir else increment_path(Path(cfg.project) / "val" / "val")
+        save_dir = Path(cfg.save_dir) if cfg.save_dir else increment_path(Path(cfg.project) / (cfg.name or "val"),
+                                                                            cfg.exist_ok)
         save_dir.mkdir(parents=True, exist_ok=True)
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         if cfg.plots:

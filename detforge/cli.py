@@ -6,8 +6,9 @@ import logging
 import sys
 from typing import Any, Callable
 
-from detforge.config import FIELDS, ConfigError, build_config, closest_key, parse_overrides
-from detforge.errors import NonFiniteLossError
+from detforge.config import FIELDS, ConfigError, closest_key
+from detforge.errors import DetforgeError
+from detforge.resolve import command_config, parse_args, read_user_layers
 
 LOG = logging.getLogger("detforge")
 
@@ -19,84 +20,72 @@ commands:
   predict  run on images / video     detforge predict model=best.pt source=DIR conf=0.5
   export   onnx | openvino | tensorrt  detforge export model=best.pt format=onnx
   eval     score COCO predictions    detforge eval gt=COCO.json pred=DETECTIONS.json
+  compare  rank models on your data  detforge compare data=PATH models=dfine-n,fcos-n epochs=25
   data     check | convert           detforge data check data=PATH
   bench    latency | train | data | stability
-  compare  rank models on your data  detforge compare data=PATH models=dfine-n,fcos-n epochs=25
   models   list the available models
 
-Every key is a field of the config (detforge/config.py); `detforge help keys` lists them.
+Each command takes its own keys: `detforge help keys COMMAND` lists them with their defaults.
 """
 
 
-def _split(argv: list[str]) -> tuple[dict[str, Any], str | None]:
-    overrides = parse_overrides(argv)
-    cfg_file = overrides.pop("cfg", None)
-    return overrides, cfg_file
-
-
-def _given(overrides: dict[str, Any], cfg_file: str | None) -> set[str]:
-    """Keys the user set, on the command line or in the cfg file (the rest may come from a
-    checkpoint's own settings)."""
-    from detforge.config import load_yaml
-
-    return set(overrides) | (set(load_yaml(cfg_file)) if cfg_file else set())
+def _given(argv: list[str], command: str) -> tuple[dict[str, Any], set[str]]:
+    """(key=value and cfg file values, checked against the command; the keys the user set)."""
+    file_values, cli, _ = read_user_layers(command, parse_args(argv))
+    return {**file_values, **cli}, set(file_values) | set(cli)
 
 
 def cmd_train(argv: list[str]) -> int:
     from detforge.engine.trainer import Trainer
+    from detforge.resolve import resolve_train_config
 
-    overrides, cfg_file = _split(argv)
-    cfg = build_config(overrides, cfg_file=cfg_file)
+    resolved = resolve_train_config(parse_args(argv))
     from detforge.hub import resolve_in_config
 
-    cfg = resolve_in_config(cfg)  # pretrained=NAME -> its downloaded file, before any worker starts
-    if "," in cfg.device:  # from the command line or the cfg file
+    resolved.cfg = resolve_in_config(resolved.cfg)  # pretrained=NAME -> its downloaded file, before any worker starts
+    if "," in resolved.cfg.device:  # from the command line or the cfg file
         from detforge.engine.launch import maybe_launch_torchrun
 
-        args = [a for a in argv if not a.startswith(("device=", "pretrained="))] + [f"device={cfg.device}"]
-        args += [f"pretrained={cfg.pretrained}"] if cfg.pretrained else []
-        code = maybe_launch_torchrun(["train", *args], cfg.device)
+        args = [a for a in argv if not a.startswith(("device=", "pretrained="))] + [f"device={resolved.cfg.device}"]
+        args += [f"pretrained={resolved.cfg.pretrained}"] if resolved.cfg.pretrained else []
+        code = maybe_launch_torchrun(["train", *args], resolved.cfg.device)
         if code is not None:
             return code
-    Trainer(cfg).train()
+    Trainer(resolved).train()
     return 0
 
 
 def cmd_val(argv: list[str]) -> int:
     from detforge.api import Detector
 
-    overrides, cfg_file = _split(argv)
-    if cfg_file:
-        from detforge.config import load_yaml
-
-        overrides = {**load_yaml(cfg_file), **overrides}
-    model = overrides.pop("model", None)
+    values, _ = _given(argv, "val")
+    model = values.pop("model", None)
     if not model:
         raise ConfigError("val needs model=PATH/TO/best.pt")
-    cfg = build_config({"model": model, **overrides})  # validate keys before loading anything
-    Detector(str(model), decoder_layers=cfg.decoder_layers).val(**overrides)
+    command_config("val", {"model": model, **values})  # validate values before loading anything
+    Detector(str(model), decoder_layers=values.get("decoder_layers")).val(**values)
     return 0
 
 
 def cmd_predict(argv: list[str]) -> int:
     from detforge.infer.commands import predict_command
 
-    overrides, cfg_file = _split(argv)
-    return predict_command(build_config(overrides, cfg_file=cfg_file), _given(overrides, cfg_file))
+    values, given = _given(argv, "predict")
+    return predict_command(command_config("predict", values), given)
 
 
 def cmd_export(argv: list[str]) -> int:
     from detforge.export.commands import export_command
 
-    overrides, cfg_file = _split(argv)
-    return export_command(build_config(overrides, cfg_file=cfg_file), _given(overrides, cfg_file))
+    values, given = _given(argv, "export")
+    return export_command(command_config("export", values), given)
 
 
 def cmd_eval(argv: list[str]) -> int:
     from detforge.eval.eval_files import evaluate_files
 
-    overrides, cfg_file = _split(argv)
-    cfg = build_config(overrides, cfg_file=cfg_file)
+    values, _ = _given(argv, "eval")
+    cfg = command_config("eval", values)
     if not cfg.gt or not cfg.pred:
         raise ConfigError("eval needs gt=COCO_ANNOTATIONS.json and pred=COCO_RESULTS.json")
     m = evaluate_files(cfg.gt, cfg.pred, conf=cfg.conf, iou_thr=cfg.iou_thr, save_dir=cfg.save_dir)
@@ -112,7 +101,7 @@ def cmd_data(argv: list[str]) -> int:
 
     if not argv or "=" in argv[0]:
         raise ConfigError("usage: detforge data check|convert data=PATH [to=yolo|coco|voc out=DIR]")
-    return data_command(argv[0], parse_overrides(argv[1:]))
+    return data_command(argv[0], parse_args(argv[1:]))
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -120,14 +109,14 @@ def cmd_bench(argv: list[str]) -> int:
 
     if not argv or "=" in argv[0]:
         raise ConfigError("usage: detforge bench latency|train|data|stability key=value ...")
-    return bench_command(argv[0], parse_overrides(argv[1:]))
+    return bench_command(argv[0], parse_args(argv[1:]))
 
 
 def cmd_compare(argv: list[str]) -> int:
     from detforge.compare import compare_command
 
-    overrides, cfg_file = _split(argv)
-    return compare_command(build_config(overrides, cfg_file=cfg_file), _given(overrides, cfg_file))
+    values, given = _given(argv, "compare")
+    return compare_command(command_config("compare", values), given)
 
 
 def cmd_models(argv: list[str]) -> int:
@@ -144,11 +133,15 @@ def cmd_models(argv: list[str]) -> int:
 
 
 def cmd_help(argv: list[str]) -> int:
+    """`detforge help keys [COMMAND]`: each key with its default, allowed values and meaning."""
     if argv and argv[0] == "keys":
-        from detforge.config import TrainConfig
+        from detforge.resolve import COMMANDS_WITH_KEYS, describe_keys
 
-        for name, f in TrainConfig.model_fields.items():
-            print(f"{name:26s} default {f.default!r:12}  {f.description or ''}")
+        commands = argv[1:] or list(COMMANDS_WITH_KEYS)
+        for command in commands:
+            print(f"detforge {command}:")
+            for key, default, allowed, text in describe_keys(command):
+                print(f"  {key:24s} {default:>12s}  {allowed:28s} {text}")
         return 0
     print(USAGE)
     return 0
@@ -187,10 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"detforge {command}: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:  # bad inputs: CheckpointError, DatasetError, ...
-        print(f"detforge {command}: {e}", file=sys.stderr)
-        return 1
-    except NonFiniteLossError as e:
+    # bad inputs (CheckpointError, DatasetError, CacheError, a diverging run, a missing optional
+    # package): one line, no traceback
+    except (DetforgeError, FileNotFoundError, ValueError, ModuleNotFoundError) as e:
         print(f"detforge {command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -35,6 +35,10 @@ class TrainConfig(BaseModel):
     pretrained: str | None = Field(None, description="weights to start from: a file, or a name published for the "
                                    "model (coco, obj2coco, ...; `detforge models` lists them), downloaded once")
     num_classes: int | None = Field(None, ge=1, description="override the class count (default: from data)")
+    anchors: str | list[float] = Field(
+        "default", description="anchor-based models: default (the model's own, scaled to imgsz), auto (k-means "
+        "on the train boxes at imgsz) or w1,h1,w2,h2,... in pixels at imgsz")
+    asff: bool = Field(False, description="YOLOv3: adaptively spatial feature fusion of the pyramid levels")
     project: str = "runs"
     name: str | None = None
     exist_ok: bool = False
@@ -62,6 +66,7 @@ class TrainConfig(BaseModel):
     scheduler: Scheduler = "cosine"
     warmup_epochs: float = Field(3.0, ge=0)
     warmup_iters: int | None = Field(None, ge=0, description="overrides warmup_epochs when set")
+    warmup_max_fraction: float = Field(0.1, ge=0, le=1, description="cap a warm-up that came from defaults at this fraction of the run's steps; 0 = no cap (a warm-up you set is never capped)")
     warmup_bias_lr: float = Field(0.0, ge=0)
     step_milestones: list[float] = Field(default_factory=lambda: [0.7, 0.9])
     step_gamma: float = Field(0.1, gt=0, le=1)
@@ -69,12 +74,12 @@ class TrainConfig(BaseModel):
     sgdr_mult: float = Field(1.0, ge=1)
     sgdr_decay: float = Field(1.0, gt=0, le=1)
     warmup_every_cycle: bool = Field(False, description="sgdr: repeat the warm-up at every restart")
-    step_per_epoch: bool | None = Field(None, description="step the lr once per epoch (default: per iteration; cooldet: per epoch)")
+    step_per_epoch: bool = Field(False, description="step the lr once per epoch instead of every iteration (recipe=cooldet does)")
     lr_scale: Literal["none", "linear", "sqrt"] = "none"
     nominal_batch: int = Field(64, ge=1)
     lars_trust_coef: float = Field(0.001, gt=0)
     adapt_all: bool = Field(False, description="LARS/LAMB adapt and decay biases and norms too")
-    trust_ratio_every: int = Field(0, ge=0, description="log LARS/LAMB trust ratios every N steps")
+    trust_ratio_every: int | None = Field(None, ge=0, description="log LARS/LAMB per-layer trust ratios (local lr) to trust_ratio.csv every N steps; default 50 with lars/lamb, 0 off")
 
     # recipe
     ema: bool = True
@@ -98,6 +103,8 @@ class TrainConfig(BaseModel):
     parallel: Literal["ddp", "zero1", "fsdp"] = "ddp"
     sync_bn: bool = False
     fsdp_reshard: bool = Field(True, description="fsdp: reshard parameters after forward; false = ZeRO-2-like")
+    dist_timeout: float = Field(1800.0, gt=0, description="seconds a multi-process collective waits for the other "
+                                "processes; then the run fails, naming the rank and the operation")
 
     # augmentation
     mosaic: float = Field(1.0, ge=0, le=1)
@@ -146,6 +153,8 @@ class TrainConfig(BaseModel):
     save: bool = True
     save_txt: bool = False
     save_json: bool = False
+    save_gt: bool = Field(False, description="predict on a dataset: also write its ground truth as gt.json (COCO, "
+                          "the ids of predictions.json), for `detforge eval`")
     save_dir: str | None = None
     cut_padding: bool = False
     format: Literal["onnx", "openvino", "tensorrt"] = "onnx"
@@ -179,6 +188,24 @@ class TrainConfig(BaseModel):
         # name=2024 or source=0 arrive as numbers from YAML parsing: they are names here
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
+    @field_validator("anchors", mode="before")
+    @classmethod
+    def _anchors(cls, v: Any) -> Any:
+        # "10,13, 16,30" or [[10, 13], [16, 30]] -> [10.0, 13.0, 16.0, 30.0]
+        if isinstance(v, str) and v.strip().lower() in ("default", "auto"):
+            return v.strip().lower()
+        items = v.replace("[", " ").replace("]", " ").replace(",", " ").split() if isinstance(v, str) else v
+        if not isinstance(items, (list, tuple)):
+            raise ValueError("anchors must be default, auto or a list w1,h1,w2,h2,... of pixel sizes")
+        flat = [x for item in items for x in (item if isinstance(item, (list, tuple)) else [item])]
+        try:
+            flat = [float(x) for x in flat]
+        except (TypeError, ValueError):
+            raise ValueError(f"anchors: {v!r} is not default, auto or a list of numbers") from None
+        if not flat or len(flat) % 2 or min(flat) <= 0:
+            raise ValueError(f"anchors: need an even count of positive w,h pixel sizes, got {len(flat)} values")
+        return flat
+
     @field_validator("batch")
     @classmethod
     def _batch(cls, v: float) -> float:
@@ -208,6 +235,88 @@ class TrainConfig(BaseModel):
         return str(v).lower()
 
 
+# what each key means, for the keys whose Field above carries no description; `detforge help
+# keys` shows these, and a test checks that every key has one
+KEY_HELP: dict[str, str] = {
+    "project": "folder that holds the run folders",
+    "name": "run folder name inside project (default: the command's name; a number is appended if taken)",
+    "exist_ok": "reuse an existing run folder instead of appending a number",
+    "resume": "true: continue the newest weights/last.pt under project; or a path to a last.pt",
+    "ignore_background_epochs": "leave images without boxes out of the first N epochs",
+    "workers": "data-loading processes per device (0: load in the main process)",
+    "cache": "false | ram | disk: keep decoded images (resized to imgsz) to skip JPEG decoding after the first epoch",
+    "resize_mode": "stretch (plain resize to imgsz x imgsz) or letterbox (aspect kept, padded)",
+    "epochs": "training epochs",
+    "optimizer": "auto (family default, else SGD for long runs / AdamW for short), or one by name",
+    "momentum": "SGD momentum / Adam beta1",
+    "weight_decay": "decoupled (AdamW/LAMB) or L2 (SGD) weight decay; none on norms and biases (default: optimizer's)",
+    "scheduler": "lr schedule after warm-up",
+    "warmup_epochs": "linear lr warm-up length in epochs",
+    "warmup_bias_lr": "start lr of biases during warm-up (YOLO style); 0 = same ramp as other weights",
+    "step_milestones": "scheduler=step: fractions of the run at which the lr is multiplied by step_gamma",
+    "step_gamma": "scheduler=step: lr factor at each milestone",
+    "sgdr_mult": "sgdr: each cycle is this many times longer than the previous one",
+    "sgdr_decay": "sgdr: each restart peaks at this fraction of the previous peak",
+    "lr_scale": "scale lr0 with the global batch: linear (Goyal et al.) or sqrt, from nominal_batch",
+    "nominal_batch": "batch at which lr0 holds (lr_scale), and the batch weight decay is sized for",
+    "lars_trust_coef": "LARS trust coefficient (eta) of the local lr",
+    "ema": "keep an exponential moving average of the weights; it is what validation and best.pt use",
+    "ema_decay": "EMA decay once ramped up",
+    "amp": "mixed precision on CUDA (ignored on CPU)",
+    "amp_dtype": "float16 (with loss scaling) or bfloat16",
+    "accumulate": "optimizer step every N batches (effective batch = batch x accumulate)",
+    "save_period": "also keep weights/epochN.pt every N epochs; 0 off",
+    "val_period": "validate every N epochs (the last epoch always)",
+    "seed": "seed of every random choice (data order, augmentation, init)",
+    "deterministic": "use deterministic kernels (slower; bit-identical reruns on the same machine)",
+    "recipe": "a published training recipe on top of the family defaults: default (none) or cooldet (seed 004: LARS, warm-up, cosine, SyncBN)",
+    "parallel": "multi-process training: ddp, zero1 (sharded optimizer) or fsdp (FSDP2)",
+    "sync_bn": "synchronise BatchNorm statistics across processes",
+    "mosaic": "probability of a 4-image mosaic per training sample",
+    "close_mosaic": "switch mosaic and mixup off for the last N epochs",
+    "mixup": "probability of MixUp per training sample",
+    "mixup_mode": "overlay (blend with a constant weight) or geometry (Zhang et al. 2019: Beta(1.5,1.5) blend, per-box weights)",
+    "cutout": "probability of cutting random holes (boxes mostly hidden are dropped)",
+    "degrees": "random rotation range (+/- degrees)",
+    "translate": "random translation (+/- fraction of the size)",
+    "scale": "random scale gain (1 +/- scale)",
+    "shear": "random shear range (+/- degrees)",
+    "hsv_h": "hue jitter (fraction of the hue circle)",
+    "hsv_s": "saturation jitter (fraction)",
+    "hsv_v": "value (brightness) jitter (fraction)",
+    "brightness": "probability of a random brightness/contrast change",
+    "gamma": "probability of a random gamma change",
+    "blur": "probability of a Gaussian blur",
+    "noise": "probability of Gaussian noise",
+    "to_gray": "probability of converting to grayscale",
+    "fliplr": "probability of a horizontal flip",
+    "flipud": "probability of a vertical flip",
+    "rot90": "probability of a random 90-degree rotation",
+    "label_smoothing": "class-target smoothing (0 off)",
+    "max_det": "most detections kept per image",
+    "fitness": "what picks best.pt: mean of mAP50 and F1 (map50_f1), or one metric",
+    "split": "dataset split to score / predict on",
+    "save": "write images with the predictions drawn",
+    "save_txt": "write YOLO-format txt predictions (one file per image)",
+    "save_json": "write COCO-format results json (dataset image and category ids when the source is a dataset)",
+    "save_dir": "write the outputs here instead of a numbered run folder",
+    "cut_padding": "letterbox models: pad only to the next stride multiple instead of the full square",
+    "format": "export format",
+    "dynamic": "export with dynamic batch and image size",
+    "half": "export / run in float16 (GPU backends)",
+    "opset": "ONNX opset version",
+    "gt": "eval: COCO annotations json",
+    "pred": "eval: COCO results json (detections)",
+    "backend": "predict from a .pt with another runtime: torch, onnxruntime, openvino, tensorrt",
+    "threads": "CPU threads of the inference runtime",
+    "logger": "experiment trackers: tensorboard, wandb, clearml, mlflow (a list, or none)",
+    "plots": "write plots to the run folder",
+    "verbose": "progress bars and per-epoch lines",
+}
+for _key, _text in KEY_HELP.items():
+    if _key in TrainConfig.model_fields and not TrainConfig.model_fields[_key].description:
+        TrainConfig.model_fields[_key].description = _text
+
 FIELDS = list(TrainConfig.model_fields)
 
 
@@ -216,7 +325,7 @@ def closest_key(key: str, keys: list[str] | None = None) -> str | None:
     return match[0] if match else None
 
 
-def _format_error(err: ValidationError) -> str:
+def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "config"
@@ -284,7 +393,7 @@ def build_config(
     try:
         return model_cls(**merged)
     except ValidationError as err:
-        raise ConfigError(_format_error(err)) from None
+        raise ConfigError(format_validation_error(err)) from None
 
 
 def config_to_yaml(cfg: BaseModel) -> str:

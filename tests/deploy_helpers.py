@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detforge.engine.checkpoint import FORMAT, save_checkpoint
+from detforge.engine.checkpoint import ModelRecord, inference_checkpoint, save_checkpoint
 from detforge.models.zoo import available, build_model
 
 NAMES = ["RBC", "WBC", "Platelets"]
@@ -46,14 +46,12 @@ def spread_model(name: str = "fcos-n", seed: int = 0) -> torch.nn.Module:
 
 def save_test_checkpoint(model: torch.nn.Module, path: Path, imgsz: int, resize_mode: str = "stretch",
                          conf: float = 0.3, class_conf: list[float] | None = None) -> Path:
-    payload = {
-        "format": FORMAT, "model_name": model.model_name, "num_classes": len(NAMES), "names": NAMES,
-        "model": model.state_dict(), "ema": None, "imgsz": imgsz, "resize_mode": resize_mode, "conf": conf,
-        "config": {"imgsz": imgsz, "resize_mode": resize_mode, "conf": conf, "max_det": 300},
-    }
-    if class_conf is not None:
-        payload["class_conf"] = class_conf
-    return save_checkpoint(payload, path)
+    record = ModelRecord(
+        model_name=model.model_name, num_classes=len(NAMES), names=list(NAMES), imgsz=imgsz,
+        resize_mode=resize_mode, conf=conf, class_conf=class_conf,
+        config={"imgsz": imgsz, "resize_mode": resize_mode, "conf": conf, "max_det": 300},
+    )
+    return save_checkpoint(inference_checkpoint(record, model.state_dict()), path)
 
 
 def unmatched(ref, got, floor: float, box_tol: float = 1.0, score_tol: float = 1e-3) -> list[int]:

@@ -98,3 +98,16 @@ def test_bench_latency_with_fewer_decoder_layers(tmp_path):
     assert "decoder layers 1" in (tmp_path / "latency.md").read_text()
     with pytest.raises(ValueError, match="no decoder layers"):  # a CNN (the command line prints this line)
         bench_command("latency", {"model": "fcos-n", "batch": "1", "imgsz": 64, "decoder_layers": 1, "out": str(tmp_path)})
+
+
+def test_bench_latency_on_a_fixed_size_export_uses_its_size_or_says_how(tmp_path):
+    from detforge.export import export_model
+    from detforge.models.zoo import build_model
+
+    onnx = export_model(build_model("fcos-n", 3).eval(), ["a", "b", "c"], "onnx", tmp_path / "fixed", imgsz=64)
+    with pytest.raises(ValueError, match=r"fixed at 64x64; pass imgsz=64 or export with dynamic=true"):
+        bench_command("latency", {"model": str(onnx), "imgsz": 96, "batch": 1, "warmup": 1, "iters": 2,
+                                  "out": str(tmp_path / "a")})
+    assert bench_command("latency", {"model": str(onnx), "batch": 1, "warmup": 1, "iters": 2,
+                                     "out": str(tmp_path / "b")}) == 0
+    assert "64x64" in (tmp_path / "b" / "latency.md").read_text()

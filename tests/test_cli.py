@@ -20,28 +20,43 @@ def test_help_and_models(capsys):
     assert "close_mosaic" in capsys.readouterr().out
 
 
-def test_refusals_name_the_problem(capsys):
+def test_refusals_name_the_problem(capsys, tmp_path):
     assert main(["trian"]) == 2
     assert "did you mean 'train'" in capsys.readouterr().err
     assert main(["train", "epoch=3"]) == 2
-    assert "unknown key 'epoch'; did you mean 'epochs'" in capsys.readouterr().err
+    assert "unknown key 'epoch'; detforge calls it 'epochs'" in capsys.readouterr().err
     assert main(["train", "optimizer=adagrad"]) == 2
     assert "'optimizer'" in capsys.readouterr().err
     assert main(["train", "model=dfine-q", "data=/nonexistent/x"]) != 0
     assert main(["val"]) == 2
     assert "model=" in capsys.readouterr().err
     assert main(["data", "split", "data=x"]) == 2
-    assert main(["train", "data=/nonexistent/folder", "device=cpu"]) == 1
+    assert main(["train", "data=/nonexistent/folder", "device=cpu", f"project={tmp_path}"]) == 1
     assert "/nonexistent/folder" in capsys.readouterr().err
+    assert main(["train", "model=nonexistent-model", f"project={tmp_path}"]) == 2
+    assert list(tmp_path.iterdir()) == []  # a failed command leaves no run folder behind
 
 
 def test_data_check_on_bccd(bccd_root, capsys, tmp_path):
     out = tmp_path / "report.json"
-    assert main(["data", "check", f"data={bccd_root}", f"out={out}"]) == 0
+    # BCCD has two zero-size boxes: check reports them with their files and exits 1
+    assert main(["data", "check", f"data={bccd_root}", f"out={out}"]) == 1
     text = capsys.readouterr().out
-    assert "364" in text and "4888" in text
+    assert "364" in text and "4888" in text and "BloodImage_00343.xml" in text
     report = json.loads(out.read_text())
     assert report["images"] == 364
+
+
+def test_data_convert_says_what_it_dropped(bccd_root, tmp_path, capsys):
+    assert main(["data", "convert", f"data={bccd_root}", "to=yolo", f"out={tmp_path / 'y'}", "link=true"]) == 0
+    out = capsys.readouterr().out
+    assert "2 problems" in out and "degenerate_box: 2" in out
+    assert "BloodImage_00343.xml" in out and "BloodImage_00338.xml" in out
+
+
+def test_data_check_exits_0_on_a_clean_set(synthetic_root, capsys):
+    assert main(["data", "check", f"data={synthetic_root}"]) == 0
+    assert "No problems found." in capsys.readouterr().out
 
 
 def test_data_convert_round_trip(synthetic_root, tmp_path):

@@ -127,6 +127,27 @@ def test_geometry_mixup_weights(tiny_samples):
     assert meta["mixup"] == "geometry"
     w = target["weights"].numpy()
     assert len(w) == 2 and 0 < w[0] < 1 and abs(w.sum() - 1) < 1e-6  # ratio and 1 - ratio
+    # the ratios follow Beta(1.5, 1.5) (Zhang et al. 2019): mean 0.5, variance 1/16
+    items = [ds[(e, i)] for e in range(7) for i in range(10)]
+    draws = [t["weights"].numpy() for _, t, m in items if m["mixup"] == "geometry"]
+    # the first box's weight is the ratio (or 1 - ratio when the first image had no box: the
+    # same distribution, Beta(1.5, 1.5) being symmetric)
+    ratios = np.array([w[0] for w in draws if len(w)])
+    assert len(ratios) >= 60
+    assert abs(ratios.mean() - 0.5) < 0.06 and 0.04 < ratios.var() < 0.09, (ratios.mean(), ratios.var())
+
+
+def test_geometry_mixup_blends_pixels_by_the_ratio():
+    from detforge.data.augment import mixup_geometry
+    from detforge.data.augment.targets import Targets
+
+    a, b = np.full((4, 6, 3), 200, np.uint8), np.full((6, 4, 3), 100, np.uint8)
+    ta = Targets(np.array([[0, 0, 2, 2]], np.float32), np.array([0]), np.ones(1, np.float32))
+    tb = Targets(np.array([[1, 1, 3, 3]], np.float32), np.array([1]), np.ones(1, np.float32))
+    out, t = mixup_geometry(a, ta, b, tb, 0.25)
+    assert out.shape == (6, 6, 3)
+    assert out[0, 0, 0] == 125 and out[0, 5, 0] == 50 and out[5, 0, 0] == 75 and out[5, 5, 0] == 0
+    assert np.allclose(t.weights, [0.25, 0.75]) and np.allclose(t.boxes, [[0, 0, 2, 2], [1, 1, 3, 3]])
 
 
 def test_ignore_background_epochs(tiny_samples):
@@ -236,8 +257,19 @@ def test_ram_cache_refused_with_the_numbers(tiny_samples, monkeypatch):
     assert f"needs {need:.2f} GB" in msg and "0.00 GB may be used" in msg and "cache=disk" in msg
 
 
-def test_available_memory_is_positive():
-    assert dataset_mod.available_memory_bytes() > 0
+def test_available_memory_reads_meminfo_and_falls_back(monkeypatch):
+    import io
+
+    meminfo = "MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   12345678 kB\n"
+    monkeypatch.setattr(dataset_mod, "open", lambda *a, **k: io.StringIO(meminfo), raising=False)
+    assert dataset_mod.available_memory_bytes() == 12345678 * 1024
+
+    def no_proc(*a, **k):
+        raise OSError("no /proc")
+
+    monkeypatch.setattr(dataset_mod, "open", no_proc, raising=False)
+    monkeypatch.setattr(dataset_mod.os, "sysconf", lambda name: {"SC_AVPHYS_PAGES": 1000, "SC_PAGE_SIZE": 4096}[name])
+    assert dataset_mod.available_memory_bytes() == 4096000
 
 
 # ---- fraction --------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from detforge.config import TrainConfig
-from detforge.engine.optim import apply_recipe, build_optimizer, lr_scale_factor
+from detforge.engine.optim import build_optimizer, lr_scale_factor
+from detforge.resolve import resolve_train_config
 
 
 class TinyDetector(nn.Module):
@@ -173,11 +174,11 @@ def test_lars_adapts_weights_even_with_zero_weight_decay():
 
 
 def test_cooldet_recipe_fields_and_lr():
-    cfg = apply_recipe(TrainConfig(recipe="cooldet", batch=8, warmup_iters=100))
+    cfg = resolve_train_config({"model": "fcos-n", "recipe": "cooldet", "batch": 8}).cfg
     assert (cfg.optimizer, cfg.lars_trust_coef, cfg.adapt_all, cfg.lr0) == ("lars", 1.0, True, 8e-4)
     assert (cfg.nominal_batch, cfg.lr_scale, cfg.momentum, cfg.weight_decay) == (64, "linear", 0.9, 1e-4)
     assert (cfg.warmup_epochs, cfg.warmup_iters, cfg.scheduler) == (1.0, None, "cosine")
-    assert (cfg.sync_bn, cfg.amp, cfg.amp_dtype) == (True, True, "float16")
+    assert (cfg.sync_bn, cfg.amp, cfg.amp_dtype, cfg.step_per_epoch) == (True, True, "float16", True)
     # 8 per GPU x 8 GPUs = 64: exactly the paper's lr; 16 GPUs -> linear scaling doubles it
     _, opt, info = _build(cfg, world_size=8)
     assert info["lr0"] == pytest.approx(8e-4) and all(g["trust_coeff"] == 1.0 for g in opt.param_groups)
@@ -185,11 +186,13 @@ def test_cooldet_recipe_fields_and_lr():
     assert info["lr0"] == pytest.approx(1.6e-3)
 
 
-def test_apply_recipe_keeps_user_fields_and_default_is_identity():
-    cfg = TrainConfig(recipe="cooldet", lr0=1e-3)
-    assert apply_recipe(cfg, keep={"lr0"}).lr0 == 1e-3
-    plain = TrainConfig()
-    assert apply_recipe(plain) is plain
+def test_recipe_keeps_user_fields_and_default_adds_nothing():
+    resolved = resolve_train_config({"model": "fcos-n", "recipe": "cooldet", "lr0": 1e-3, "warmup_iters": 100})
+    assert resolved.cfg.lr0 == 1e-3 and resolved.sources["lr0"] == "key=value"
+    assert resolved.cfg.warmup_iters == 100 and resolved.cfg.optimizer == "lars"
+    assert resolved.sources["optimizer"] == "recipe=cooldet"
+    plain = resolve_train_config({"model": "fcos-n"})
+    assert not any(src.startswith("recipe") for src in plain.sources.values())
 
 
 def test_unknown_optimizer_from_recipe_is_refused():

@@ -183,3 +183,39 @@ def test_predict_command_on_video(models, files, tmp_path):
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 3 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) == 320
     cap.release()
     assert sorted(p.name for p in (out / "labels").iterdir()) == [f"clip_{i:06d}.txt" for i in range(3)]
+
+
+def test_predict_command_equals_the_models_own_forward_with_hand_geometry(models, files, tmp_path):
+    """An independent path: the letterbox worked by hand (640x480 -> 160: scale 1/4, 20 px of
+    padding above and below), the model's own forward + postprocess, boxes mapped back by hand;
+    `detforge predict` on the .pt must write the same boxes."""
+    import torch
+
+    from detforge.cli import main
+
+    img = read_image(files[0])
+    assert img.shape[:2] == (480, 640)
+    canvas = np.full((IMGSZ, IMGSZ, 3), 114, np.uint8)
+    canvas[20:140] = cv2.resize(img, (160, 120), interpolation=cv2.INTER_AREA)
+    model = models["model"].eval()
+    with torch.no_grad():
+        x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255
+        res = model.postprocess(model(x), (IMGSZ, IMGSZ), max_det=300)[0]
+    keep = res["scores"].numpy() >= 0.3
+    boxes = (res["boxes"].numpy()[keep] - np.array([0, 20, 0, 20])) / 0.25
+    boxes = np.clip(boxes, 0, [640, 480, 640, 480])
+    expected = np.concatenate([res["labels"].numpy()[keep, None], boxes, res["scores"].numpy()[keep, None]], 1)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(files[0], src / files[0].name)
+    assert main(["predict", f"model={models['pt']}", f"source={src}", "conf=0.3", "save_txt=true", "save=false",
+                 f"save_dir={tmp_path / 'out'}"]) == 0
+    rows = np.loadtxt(tmp_path / "out" / "labels" / f"{files[0].stem}.txt", ndmin=2)
+    cx, cy, w, h = rows[:, 1] * 640, rows[:, 2] * 480, rows[:, 3] * 640, rows[:, 4] * 480
+    got = np.stack([rows[:, 0], cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2, rows[:, 5]], 1)
+    assert len(expected) > 5 and got.shape == expected.shape
+    # sorted by label and position (scores may tie)
+    order = np.lexsort((np.round(expected[:, 2]), np.round(expected[:, 1]), expected[:, 0]))
+    got_order = np.lexsort((np.round(got[:, 2]), np.round(got[:, 1]), got[:, 0]))
+    np.testing.assert_allclose(got[got_order], expected[order], atol=0.05)

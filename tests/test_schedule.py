@@ -15,6 +15,7 @@ from detforge.engine.schedule import LRSchedule
 def _sched(**kw) -> LRSchedule:
     kw.setdefault("lrf", 0.01)
     kw.setdefault("warmup_epochs", 1)
+    kw.setdefault("warmup_max_fraction", 0.0)  # these tests choose their warm-up
     ipe = kw.pop("ipe", 10)
     epochs = kw.pop("total_epochs", 10)
     opts = {k: kw.pop(k) for k in ("step_per_epoch", "warmup_every_cycle") if k in kw}
@@ -103,7 +104,7 @@ def test_sgdr_warmup_every_cycle():
 
 
 def test_per_epoch_stepping_for_cooldet():
-    s = _sched(scheduler="cosine", recipe="cooldet")
+    s = _sched(scheduler="cosine", step_per_epoch=True)
     assert s.step_per_epoch
     assert s.factor(5) == pytest.approx(0.5)  # the warm-up still ramps per step
     assert s.factor(40) == s.factor(49) == pytest.approx(0.7525)

@@ -99,6 +99,21 @@ def build_backend(opts: dict, workdir: Path):
     return load_backend(exported, backend, opts["device"], threads)
 
 
+def fixed_size_check(backend, imgsz: int, asked: bool, model: str) -> int:
+    """A model exported at a fixed size runs at that size: taken when imgsz was not given,
+    refused with the two ways out when another one was."""
+    meta = getattr(backend, "meta", None)
+    if meta is None or meta.dynamic:
+        return imgsz
+    h, w = (int(v) for v in meta.imgsz)
+    if (h, w) == (imgsz, imgsz):
+        return imgsz
+    if asked:
+        raise ValueError(f"{model}: this model is fixed at {w}x{h}; pass imgsz={w} or export with dynamic=true")
+    LOG.info("%s: fixed at %dx%d, timing at that size", model, w, h)
+    return w
+
+
 def run_latency(args: dict) -> list[dict]:
     from detforge.infer.predictor import Predictor
     from detforge.infer.preprocess import to_input
@@ -108,6 +123,7 @@ def run_latency(args: dict) -> list[dict]:
     imgsz = int(opts["imgsz"])
     with tempfile.TemporaryDirectory(prefix="detforge-bench-") as tmp:
         backend = build_backend(opts, Path(tmp))
+        imgsz = fixed_size_check(backend, imgsz, "imgsz" in args, str(opts["model"]))
         rows = []
         if opts["include_io"]:
             from detforge.infer.sources import expand_paths

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from detforge.data.formats.common import EDGE_TOLERANCE_PX
+from detforge.data.polygons import drop_repeated_vertices, ring_self_crosses
 from detforge.records import DetectionData, Sample
 
 # Problem kinds that cost a box, for problems that do not say so themselves
@@ -31,6 +32,7 @@ class SplitStats:
     boxes_per_class: dict[str, int] = field(default_factory=dict)
     images_per_class: dict[str, int] = field(default_factory=dict)
     tiny_boxes: int = 0
+    outlines: int = 0  # objects with an instance outline (polygons)
 
 
 @dataclass
@@ -87,6 +89,12 @@ class CheckReport:
                      f"degenerate {self.degenerate_boxes}, out of range {self.out_of_range_boxes}, "
                      f"NaN/inf {self.nonfinite_boxes}, class outside names {self.bad_class_boxes}; "
                      f"images left out {self.images_left_out}")
+        outlines = sum(s.outlines for s in self.splits.values())
+        if outlines:
+            bad = {k: len(self.problems.get(k, [])) for k in ("bad_polygon", "self_crossing_polygon", "out_of_range_polygon")}
+            lines.append(f"Instance outlines: {outlines} of {self.boxes} objects; bad polygons: fewer than 3 points / "
+                         f"NaN / no area {bad['bad_polygon']}, self-crossing {bad['self_crossing_polygon']}, "
+                         f"out of the image {bad['out_of_range_polygon']}")
         if self.problems:
             lines.append("Problems:")
             for kind, items in sorted(self.problems.items()):
@@ -149,6 +157,7 @@ def _split_stats(samples: list[Sample], names: list[str], tiny: float) -> SplitS
         if len(s.boxes):
             sides = np.minimum(s.boxes[:, 2] - s.boxes[:, 0], s.boxes[:, 3] - s.boxes[:, 1])
             st.tiny_boxes += int((sides < tiny).sum())
+        st.outlines += sum(1 for rings in s.polygons or [] if rings)
     return st
 
 
@@ -165,6 +174,26 @@ def _sample_faults(s: Sample, num_classes: int) -> list[tuple[str, str]]:
             faults.append(("out_of_range_box", f"box {i} {box.tolist()} leaves the {s.width}x{s.height} image"))
         if not 0 <= label < num_classes:
             faults.append(("bad_class", f"box {i} has class id {label} outside 0..{num_classes - 1}"))
+    for i, rings in enumerate(s.polygons or []):
+        faults += _outline_faults(i, rings, s.width, s.height)
+    return faults
+
+
+def _outline_faults(i: int, rings: list[np.ndarray], width: int, height: int) -> list[tuple[str, str]]:
+    """Bad polygons of object ``i``: fewer than 3 points, NaN/inf, leaving the image, crossing
+    itself (edges that cross properly; the zero-width cuts of joined rings do not count)."""
+    faults = []
+    for j, ring in enumerate(rings):
+        ring = np.asarray(ring, np.float64).reshape(-1, 2)
+        desc = f"object {i} polygon {j}"
+        if len(ring) < 3:
+            faults.append(("bad_polygon", f"{desc} has {len(ring)} points (a polygon needs 3)"))
+        elif not np.isfinite(ring).all():
+            faults.append(("bad_polygon", f"{desc} has NaN/inf coordinates"))
+        elif (ring.min(0) < -EDGE_TOLERANCE_PX).any() or (ring.max(0) > np.array([width, height]) + EDGE_TOLERANCE_PX).any():
+            faults.append(("out_of_range_polygon", f"{desc} leaves the {width}x{height} image"))
+        elif ring_self_crosses(drop_repeated_vertices(ring)):
+            faults.append(("self_crossing_polygon", f"{desc} crosses itself"))
     return faults
 
 
@@ -201,3 +230,17 @@ def _digest(path: Path) -> str:
             return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
     except OSError:
         return f"unreadable:{path}"
+
+
+def describe_problems(problems: list[Any], root: Any, data_arg: str | None, first: int = 5) -> str | None:
+    """One warning naming the first files with problems and the count of the rest."""
+    if not problems:
+        return None
+    counts: dict[str, int] = {}
+    for p in problems:
+        counts[p.kind] = counts.get(p.kind, 0) + 1
+    shown = "; ".join(f"{p.path}: {p.message}" for p in problems[:first])
+    more = f"; and {len(problems) - first} more" if len(problems) > first else ""
+    return (f"data: {len(problems)} problems found while reading {root} "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}): {shown}{more}. "
+            f"`detforge data check data={data_arg or '<built-in>'}` lists them all")

@@ -18,7 +18,7 @@ def _need(args: dict[str, Any], key: str, example: str) -> Any:
 
 
 def data_command(action: str, args: dict[str, Any]) -> int:
-    from detforge.data.formats import convert_dataset, load_dataset
+    from detforge.data.formats import load_dataset
 
     known = {"check": {"data", "tiny", "out"}, "convert": {"data", "to", "out", "link"}}
     if action not in known:
@@ -34,11 +34,20 @@ def data_command(action: str, args: dict[str, Any]) -> int:
         print(report.format())
         if args.get("out"):
             report.write_json(Path(args["out"]))
-        return 0
+        # like a linter: problems (bad files or boxes, duplicates, leaks across splits) exit 1,
+        # so a script or CI step can stop on a dataset that needs attention
+        return 1 if (report.problems or report.duplicates or report.leaks) else 0
     if action == "convert":
         src = _need(args, "data", "path/to/dataset")
         to = _need(args, "to", "yolo")
         out = _need(args, "out", "converted")
-        path = convert_dataset(src, to, Path(out), link=bool(args.get("link", False)))
+        from detforge.data.formats import write_dataset
+
+        data = load_dataset(src)
+        path = write_dataset(data, Path(out), to, link=bool(args.get("link", False)))
         print(f"wrote {to} dataset to {path}")
+        if data.problems:  # what the reader dropped or repaired is not in the output: say so
+            from detforge.data.check import describe_problems
+
+            print(describe_problems(data.problems, data.root, str(src), first=10))
         return 0

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
+from ..errors import DetforgeError
 from ..records import Problem, Sample
 from .augment.pipeline import EvalTransform, TrainTransform
+from .augment.fit import fit_geometry
 from .augment.resize import limit_long_side
 from .augment.targets import Targets
 from .image_io import ImageReadError, read_image, read_image_for_size
@@ -38,7 +40,7 @@ DECODED_LRU_MEMORY_SHARE = 0.05  # and never more than this share of the availab
 OFF_HEAP_MIN_BYTES = 256 * 1024  # kept images this large get their own memory map (<= 1024 maps)
 
 
-class CacheError(RuntimeError):
+class CacheError(DetforgeError, RuntimeError):
     """The requested image cache cannot be used; the message says why and what to do."""
 
 
@@ -215,11 +217,8 @@ class DetectionDataset(Dataset):
 
     def _plain_mapping(self, w0: int, h0: int):
         """Scale and pad of the un-augmented resize of a (w0, h0) image (as EvalTransform)."""
-        if self.cfg.resize_mode == "letterbox":
-            r = self.imgsz / max(w0, h0)
-            nw, nh = min(self.imgsz, max(1, round(w0 * r))), min(self.imgsz, max(1, round(h0 * r)))
-            return (nw / w0, nh / h0), ((self.imgsz - nw) // 2, (self.imgsz - nh) // 2)
-        return (self.imgsz / w0, self.imgsz / h0), (0, 0)
+        fit = fit_geometry(w0, h0, self.imgsz, self.cfg.resize_mode)
+        return fit.scale, fit.pad
 
     def _load_with_fallback(self, index: int, met: list) -> tuple[int, np.ndarray, Targets]:
         """(index used, image, targets in its pixels); an unreadable file is replaced by the

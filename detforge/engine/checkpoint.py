@@ -1,8 +1,26 @@
-"""Checkpoints: atomic writes, loads that never run pickled code, tolerant weight transfer.
+"""Checkpoints: what a detforge .pt file holds (the one schema), atomic writes, loads that
+never run pickled code, tolerant weight transfer.
 
 A detforge checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so it
 loads with ``torch.load(weights_only=True)``: a file that needs anything else (a pickled
 class, a function) is refused instead of executed.
+
+The schema (version ``SCHEMA_VERSION``), written only by ``inference_checkpoint`` and
+``training_checkpoint`` and read only through ``read_detforge_checkpoint``:
+
+- every file: ``schema``, ``version``, ``kind`` ("inference" | "training"), ``model_name``,
+  ``model_options`` (the family constructor's keyword arguments), ``num_classes``, ``names``,
+  ``imgsz``, ``resize_mode`` (letterbox settings), ``conf``, ``class_conf`` (per-class
+  thresholds or None), ``config`` (the resolved run config), ``metrics``, ``epoch``, and
+  ``model`` (the weights to use: the EMA's when the run kept one);
+- training files (last.pt) add what an exact resume needs: ``train_weights`` (the raw
+  weights), ``ema_updates``, ``optimizer``, ``scaler``, ``schedule``, ``iteration``,
+  ``best_fitness``, ``best_epoch``, ``history``, ``bad_steps_total``, ``epoch_progress``
+  (sampler position inside an interrupted epoch), ``rng`` / ``rng_per_rank``, ``dcp_dir``.
+
+best.pt is an inference file (weights, metadata and config: what deployment and fine-tuning
+need); last.pt a training file. Files of the first format (``format:
+detforge-checkpoint-v1``) are read and converted; a newer version is refused with a message.
 """
 
 from __future__ import annotations
@@ -11,6 +29,7 @@ import logging
 import os
 import random
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +37,116 @@ import numpy as np
 import torch
 from torch import nn
 
+from detforge.errors import CheckpointError
 from detforge.weights_file import locate_state_dict, read_checkpoint, strip_prefix
 
 
 LOG = logging.getLogger("detforge")
-FORMAT = "detforge-checkpoint-v1"
+SCHEMA = "detforge-checkpoint"
+SCHEMA_VERSION = 2
+_V1_FORMAT = "detforge-checkpoint-v1"
+_RECORD_KEYS = ("model_name", "model_options", "num_classes", "names", "imgsz", "resize_mode", "conf",
+                "class_conf", "config", "metrics", "epoch")
+_TRAINING_KEYS = ("train_weights", "ema_updates", "optimizer", "scaler", "schedule", "iteration", "best_fitness",
+                  "best_epoch", "history", "bad_steps_total", "epoch_progress", "rng", "rng_per_rank", "dcp_dir")
+
+
+@dataclass
+class ModelRecord:
+    """What every reader of a detforge checkpoint needs besides the weights."""
+
+    model_name: str
+    num_classes: int
+    names: list[str]
+    model_options: dict[str, Any] = field(default_factory=dict)
+    imgsz: int = 640
+    resize_mode: str = "stretch"
+    conf: float = 0.25
+    class_conf: list[float] | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    epoch: int = -1
+
+    def fields(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in _RECORD_KEYS}
+
+
+def inference_checkpoint(record: ModelRecord, weights: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """best.pt / exported-for-fine-tuning: weights + metadata + config, no optimizer or RNG."""
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": "inference", **record.fields(), "model": weights}
+
+
+def training_checkpoint(record: ModelRecord, weights: dict[str, torch.Tensor],
+                        train_state: dict[str, Any]) -> dict[str, Any]:
+    """last.pt: ``weights`` to deploy (EMA's or the model's) plus every key of the resume state
+    (see the module text; missing ones are an error, so a resume never half-restores)."""
+    missing = [k for k in _TRAINING_KEYS if k not in train_state]
+    if missing:
+        raise ValueError(f"training checkpoint: resume state lacks {missing}")
+    extra = sorted(set(train_state) - set(_TRAINING_KEYS))
+    if extra:
+        raise ValueError(f"training checkpoint: keys not in the schema: {extra}")
+    return {"schema": SCHEMA, "version": SCHEMA_VERSION, "kind": "training", **record.fields(), "model": weights,
+            **train_state}
+
+
+def _upgrade_v1(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """Files of the first format: 'model' held the raw weights and 'ema' the average."""
+    out = {k: v for k, v in ckpt.items() if k not in ("format", "model", "ema")}
+    ema, raw = ckpt.get("ema"), ckpt.get("model")
+    out.update(schema=SCHEMA, version=SCHEMA_VERSION, model=ema if ema is not None else raw,
+               model_options=ckpt.get("model_options") or {})
+    out["kind"] = "training" if ckpt.get("optimizer") is not None or ckpt.get("dcp_dir") else "inference"
+    if out["kind"] == "training":
+        out["train_weights"] = raw
+    out.setdefault("metrics", {})
+    out.setdefault("epoch", -1)
+    out.setdefault("class_conf", None)
+    return out
+
+
+def read_detforge_checkpoint(path: str | Path, need: str = "inference") -> dict[str, Any]:
+    """A detforge checkpoint, checked against the schema (older formats converted).
+    ``need="training"`` also requires the resume state (a last.pt)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("format") == _V1_FORMAT:
+        ckpt = _upgrade_v1(ckpt)
+    if ckpt.get("schema") != SCHEMA:
+        raise CheckpointError(
+            f"{path}: not a detforge checkpoint; to start from other weights give a model name and "
+            "pretrained=PATH (e.g. model=dfine-s pretrained=PATH)"
+        )
+    version = int(ckpt.get("version", 0))
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: written by a newer detforge (checkpoint version {version}; this one reads "
+                              f"up to {SCHEMA_VERSION}): upgrade detforge to read it")
+    missing = [k for k in ("model_name", "num_classes", "names", "model") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: damaged detforge checkpoint, missing {missing}")
+    if need == "training" and ckpt.get("kind") != "training":
+        raise CheckpointError(f"{path}: holds weights only ({ckpt.get('kind')}); resume needs a run's last.pt")
+    return ckpt
+
+
+def read_model_record(source: str | Path | dict[str, Any]) -> ModelRecord:
+    ckpt = source if isinstance(source, dict) else read_detforge_checkpoint(source)
+    values = {k: ckpt[k] for k in _RECORD_KEYS if k in ckpt and ckpt[k] is not None}
+    cfg = ckpt.get("config") or {}
+    for k in ("imgsz", "resize_mode", "conf"):
+        if k not in values and k in cfg:
+            values[k] = cfg[k]
+    values["names"] = list(values.get("names") or [str(i) for i in range(int(ckpt["num_classes"]))])
+    return ModelRecord(**values)
+
+
+def update_checkpoint(path: str | Path, **fields: Any) -> Path:
+    """Change metadata fields of a checkpoint in place (atomically), e.g. ``class_conf``."""
+    unknown = sorted(set(fields) - set(_RECORD_KEYS))
+    if unknown:
+        raise ValueError(f"update_checkpoint: not metadata fields: {unknown}")
+    ckpt = read_detforge_checkpoint(path)
+    ckpt.update(fields)
+    return save_checkpoint(ckpt, path)
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
@@ -148,20 +272,15 @@ def set_decoder_layers(model: nn.Module, layers: int | None) -> nn.Module:
     return setter(int(layers))
 
 
-def load_detector_checkpoint(path: str | Path, prefer_ema: bool = True,
-                             decoder_layers: int | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """A detforge checkpoint -> (model with its weights, the checkpoint dict)."""
-    ckpt = load_checkpoint(path)
-    if "model_name" not in ckpt:
-        raise ValueError(
-            f"{path}: not a detforge checkpoint (no 'model_name'); to start from foreign weights use "
-            "pretrained=PATH with a model name, e.g. model=dfine-s pretrained=PATH"
-        )
+def load_detector_checkpoint(path: str | Path, decoder_layers: int | None = None,
+                             ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A detforge checkpoint -> (model built with its saved options and weights, checkpoint)."""
     from detforge.models.zoo import build_model
 
-    model = build_model(ckpt["model_name"], int(ckpt["num_classes"]))
-    sd = find_state_dict(ckpt, prefer_ema=prefer_ema)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    ckpt = read_detforge_checkpoint(path)
+    record = read_model_record(ckpt)
+    model = build_model(record.model_name, record.num_classes, **record.model_options)
+    missing, unexpected = model.load_state_dict(ckpt["model"], strict=False)
     if missing or unexpected:
         LOG.warning("%s: %d missing and %d unexpected tensors", path, len(missing), len(unexpected))
     model.eval()

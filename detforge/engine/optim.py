@@ -50,54 +50,6 @@ DEFAULT_WEIGHT_DECAY = {
 # Ultralytics' rule: a run longer than this many nominal-batch steps gets SGD, a short one AdamW
 AUTO_SGD_MIN_ITERATIONS = 10_000
 
-# recipe=cooldet: the best run of the CoolDet repository (seed 004)
-RECIPES: dict[str, dict[str, Any]] = {
-    "cooldet": {
-        "optimizer": "lars",
-        "lars_trust_coef": 1.0,
-        "adapt_all": True,
-        "lr0": 8e-4,
-        "nominal_batch": 64,
-        "lr_scale": "linear",
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "warmup_epochs": 1.0,
-        "warmup_iters": None,
-        "scheduler": "cosine",
-        "sync_bn": True,
-        "amp": True,
-        "amp_dtype": "float16",
-    },
-}
-
-
-def apply_recipe(cfg: TrainConfig, keep: set[str] | frozenset[str] = frozenset()) -> TrainConfig:
-    """Return a copy of ``cfg`` with the fields of ``cfg.recipe`` set (``default`` changes nothing).
-
-    ``recipe=cooldet`` reproduces the best run of the CoolDet repository (Syamsudin &
-    Kistijantoro, "CoolDet: Cooling-down in Training Adaptive Rate Large Batch for Object
-    Detection", seed 004): LARS with trust coefficient 1 adapting and decaying all parameters,
-    lr 8e-4 at global batch 64 (scaled linearly from nominal batch 64), momentum 0.9, weight
-    decay 1e-4, one warm-up epoch then cosine annealing stepped per epoch, SyncBN and fp16 AMP.
-    That repository reports 38.7 bbox AP with torchvision's Mask R-CNN R50-FPN v2, 10 epochs on
-    8 GPUs; its warm-restart (SGDR) runs were its worst (26-28 AP). The per-epoch stepping of
-    the cosine is applied by ``LRSchedule`` for this recipe.
-
-    ``keep`` names fields the user set explicitly; they win over the recipe.
-    """
-    fields = RECIPES.get(cfg.recipe)
-    if fields is None:
-        return cfg
-    update = {k: v for k, v in fields.items() if k not in keep}
-    overridden = sorted(set(fields) & set(keep))
-    LOG.info(
-        "recipe=%s: setting %s%s", cfg.recipe, ", ".join(f"{k}={v}" for k, v in update.items()),
-        f" (kept your {', '.join(overridden)})" if overridden else "",
-    )
-    # model_copy marks the updated keys as set, so build_optimizer treats them as chosen
-    return cfg.model_copy(update=update)
-
-
 def _pick(cfg: TrainConfig, recipe: dict[str, Any], key: str, fallback: Any = None) -> Any:
     """The user's value if set, else the family recipe's, else the config default / fallback."""
     value = getattr(cfg, key)

@@ -61,6 +61,14 @@ class LRSchedule:
         self.iters_per_epoch = int(iters_per_epoch)
         self.total_iters = self.iters_per_epoch * int(total_epochs)
         warmup = cfg.warmup_iters if cfg.warmup_iters is not None else round(cfg.warmup_epochs * iters_per_epoch)
+        cap_fraction = float(getattr(cfg, "warmup_max_fraction", 0.0) or 0.0)
+        if cap_fraction > 0 and warmup > max(1, round(cap_fraction * self.total_iters)):
+            # a COCO-sized warm-up (500 steps, 3 epochs) can outlast a whole run on a few
+            # hundred images; the resolved config leaves the cap at 0 when the user chose one
+            cap = max(1, round(cap_fraction * self.total_iters))
+            LOG.info("warm-up: %d steps would be %.0f%% of this %d-step run; using %d (set warmup_iters to override)",
+                     warmup, 100 * warmup / self.total_iters, self.total_iters, cap)
+            warmup = cap
         self.warmup_iters = 0 if self.kind == "onecycle" else int(warmup)
         self.lrf = cfg.lrf
         self.warmup_bias_lr = cfg.warmup_bias_lr
@@ -70,7 +78,7 @@ class LRSchedule:
         self.sgdr_mult = cfg.sgdr_mult
         self.sgdr_decay = cfg.sgdr_decay
         self.warmup_every_cycle = warmup_every_cycle
-        self.step_per_epoch = (cfg.recipe == "cooldet") if step_per_epoch is None else step_per_epoch
+        self.step_per_epoch = bool(cfg.step_per_epoch) if step_per_epoch is None else step_per_epoch
         if warmup_every_cycle and self.kind == "sgdr" and self.warmup_iters >= self.sgdr_cycle_iters:
             raise ValueError(
                 f"warm-up of {self.warmup_iters} steps does not fit in an SGDR cycle of {self.sgdr_cycle_iters:g} steps "

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
-from detforge.data.augment.geometric import PAD_VALUE
-from detforge.data.augment.resize import resize_for_eval, resize_image
+from detforge.data.augment.fit import boxes_to_original as fit_boxes_to_original
+from detforge.data.augment.resize import letterbox, resize_for_eval
 from detforge.data.augment.targets import Targets
 
 
@@ -42,14 +41,8 @@ def check_image(img: np.ndarray, where: str = "image") -> np.ndarray:
 def cut_padding_letterbox(img: np.ndarray, size: int, stride: int) -> tuple[np.ndarray, Placement]:
     """Letterbox scale, padded to the smallest stride multiple (centred, like the square)."""
     h, w = img.shape[:2]
-    r = size / max(h, w)
-    nw, nh = min(size, max(1, round(w * r))), min(size, max(1, round(h * r)))
-    out_w, out_h = -(-nw // stride) * stride, -(-nh // stride) * stride
-    px, py = (out_w - nw) // 2, (out_h - nh) // 2
-    resized = resize_image(img, nw, nh)
-    out = cv2.copyMakeBorder(resized, py, out_h - nh - py, px, out_w - nw - px, cv2.BORDER_CONSTANT,
-                             value=(PAD_VALUE,) * 3)
-    return out, Placement((nw / w, nh / h), (px, py), (w, h))
+    out, _, scale, pad = letterbox(img, Targets.empty(), size, stride=stride)
+    return out, Placement((float(scale[0]), float(scale[1])), (float(pad[0]), float(pad[1])), (w, h))
 
 
 def fit_image(img: np.ndarray, size: int, mode: str, cut_padding: bool = False, stride: int = 32) -> tuple[np.ndarray, Placement]:
@@ -64,17 +57,12 @@ def fit_image(img: np.ndarray, size: int, mode: str, cut_padding: bool = False, 
 
 
 def to_input(images: list[np.ndarray], dtype=np.float32) -> np.ndarray:
-    """Same-shape RGB uint8 images -> contiguous [B, 3, H, W] in 0..1."""
+    """Same-shape RGB uint8 images -> contiguous [B, 3, H, W] in 0..1. A division, not a product
+    with 1/255: bit for bit what validation feeds the model (``x.float() / 255``)."""
     batch = np.stack(images).transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(batch, dtype=dtype) * dtype(1 / 255.0)
+    return np.ascontiguousarray(batch, dtype=dtype) / dtype(255.0)
 
 
 def boxes_to_original(boxes: np.ndarray, placement: Placement) -> np.ndarray:
     """Input-pixel xyxy -> original-image xyxy, clipped to the image."""
-    sx, sy = placement.scale
-    px, py = placement.pad
-    w, h = placement.orig_size
-    out = (boxes.astype(np.float32) - np.array([px, py, px, py], np.float32)) / np.array([sx, sy, sx, sy], np.float32)
-    np.clip(out[:, 0::2], 0, w, out=out[:, 0::2])
-    np.clip(out[:, 1::2], 0, h, out=out[:, 1::2])
-    return out
+    return fit_boxes_to_original(boxes, placement.scale, placement.pad, *placement.orig_size)

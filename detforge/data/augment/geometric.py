@@ -13,6 +13,7 @@ import threading
 import cv2
 import numpy as np
 
+from .fit import fit_geometry
 from .targets import Targets, clip_boxes, keep_visible
 from ..polygons import clip_outline, outline_area, outline_bounds, transform_rings
 
@@ -28,13 +29,10 @@ def scaling(sx: float, sy: float) -> np.ndarray:
 
 
 def base_resize_matrix(width: int, height: int, size: int, mode: str) -> np.ndarray:
-    """Source (width x height) -> square ``size`` output: ``stretch`` or centred ``letterbox``."""
-    if mode == "stretch":
-        return scaling(size / width, size / height)
-    if mode == "letterbox":
-        r = size / max(width, height)
-        return translation((size - width * r) / 2, (size - height * r) / 2) @ scaling(r, r)
-    raise ValueError(f"unknown resize_mode {mode!r}; allowed: 'stretch', 'letterbox'")
+    """Source (width x height) -> square ``size`` output: ``stretch`` or centred ``letterbox``,
+    with the geometry validation uses (``resize.fit_geometry``: whole-pixel size and padding)."""
+    fit = fit_geometry(width, height, size, mode)
+    return translation(*fit.pad) @ scaling(*fit.scale)
 
 
 def random_affine_matrix(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .fit import fit_geometry
 from .geometric import (
     PAD_VALUE,
     is_axis_aligned,
@@ -70,11 +71,8 @@ def mosaic4(
     base = []
     for img, _ in tiles:
         h, w = img.shape[:2]
-        if resize_mode == "letterbox":
-            r = size / max(w, h)
-            base.append((np.diag([r, r, 1.0]), (round(w * r), round(h * r))))
-        else:
-            base.append((np.diag([size / w, size / h, 1.0]), (size, size)))
+        fit = fit_geometry(w, h, size, resize_mode)  # the geometry validation uses
+        base.append((np.diag([*fit.scale, 1.0]), fit.resized))
     layout = tile_layout([b[1] for b in base], size, *center)
     aligned = is_axis_aligned(affine)
     parts = []

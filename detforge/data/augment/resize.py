@@ -1,8 +1,10 @@
-"""Resizing for validation and for the training cache.
+"""Resizing for validation and for the training cache, and the one fit geometry.
 
 Validation/test images only get ``stretch`` (plain resize to size x size) or ``letterbox``
-(long side to size, aspect kept, centred on a gray square). Both report the scale and pad
-that map output pixels back: x_orig = (x - pad_x) / scale_x.
+(long side to size, aspect kept, centred on a gray square). ``fit_geometry`` is the only place
+that computes where an image lands in the model input (scale, padding, rounding): training's
+base resize, validation, predict and export all use it, and ``boxes_to_original`` is the only
+way back: x_orig = (x - pad_x) / scale_x.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .fit import Fit, boxes_to_original, fit_geometry  # noqa: F401  (re-exported: one geometry)
 from .geometric import PAD_VALUE
 from .targets import Targets
 
@@ -43,22 +46,22 @@ def scale_targets(targets: Targets, sx: float, sy: float, px: float = 0.0, py: f
 def stretch(img: np.ndarray, targets: Targets, size: int):
     """Plain resize to size x size. Returns (image, targets, (sx, sy), (px, py))."""
     h, w = img.shape[:2]
-    sx, sy = size / w, size / h
-    return resize_image(img, size, size), scale_targets(targets, sx, sy), (sx, sy), (0, 0)
+    fit = fit_geometry(w, h, size, "stretch")
+    return resize_image(img, size, size), scale_targets(targets, *fit.scale), fit.scale, fit.pad
 
 
-def letterbox(img: np.ndarray, targets: Targets, size: int):
-    """Long side to ``size``, aspect kept, centred on a gray square. Same returns as stretch."""
+def letterbox(img: np.ndarray, targets: Targets, size: int, stride: int | None = None):
+    """Long side to ``size``, aspect kept, centred on a gray square (or, with ``stride``, on the
+    smallest stride multiple). Same returns as stretch."""
     h, w = img.shape[:2]
-    r = size / max(h, w)
-    nw, nh = min(size, max(1, round(w * r))), min(size, max(1, round(h * r)))
-    px, py = (size - nw) // 2, (size - nh) // 2
+    fit = fit_geometry(w, h, size, "letterbox", stride)
+    (nw, nh), (px, py) = fit.resized, fit.pad
+    out_w, out_h = (size, size) if stride is None else (-(-nw // stride) * stride, -(-nh // stride) * stride)
     resized = resize_image(img, nw, nh)
     out = cv2.copyMakeBorder(
-        resized, py, size - nh - py, px, size - nw - px, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
+        resized, py, out_h - nh - py, px, out_w - nw - px, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3
     )
-    sx, sy = nw / w, nh / h
-    return out, scale_targets(targets, sx, sy, px, py), (sx, sy), (px, py)
+    return out, scale_targets(targets, *fit.scale, px, py), fit.scale, fit.pad
 
 
 def resize_for_eval(img: np.ndarray, targets: Targets, size: int, mode: str):
