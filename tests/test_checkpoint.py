@@ -83,3 +83,61 @@ def test_find_state_dict_layouts():
     assert find_state_dict(sd) is sd
     with pytest.raises(CheckpointError):
         find_state_dict({"epoch": 3})
+
+
+# ---------------------------------------------------------------- the schema
+def _record(**kw):
+    from detforge.engine.checkpoint import ModelRecord
+
+    return ModelRecord(model_name="fcos-n", num_classes=2, names=["a", "b"], imgsz=96, **kw)
+
+
+def test_schema_inference_file_rebuilds_the_model_with_its_options(tmp_path):
+    from detforge.engine.checkpoint import inference_checkpoint, load_detector_checkpoint, read_model_record
+    from detforge.models.zoo import build_model
+
+    model = build_model("fcos-n", 2, label_smoothing=0.1)
+    path = save_checkpoint(inference_checkpoint(_record(model_options={"label_smoothing": 0.1}, class_conf=[0.3, 0.4]),
+                                                model.state_dict()), tmp_path / "best.pt")
+    ckpt = load_checkpoint(path)
+    assert ckpt["schema"] == "detforge-checkpoint" and ckpt["version"] == 2 and ckpt["kind"] == "inference"
+    assert not {"optimizer", "rng", "scaler", "train_weights"} & set(ckpt)
+    rebuilt, _ = load_detector_checkpoint(path)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+    rec = read_model_record(path)
+    assert (rec.names, rec.imgsz, rec.class_conf, rec.model_options) == (["a", "b"], 96, [0.3, 0.4],
+                                                                         {"label_smoothing": 0.1})
+
+
+def test_schema_refuses_newer_foreign_and_weights_only_for_resume(tmp_path):
+    from detforge.engine.checkpoint import inference_checkpoint, read_detforge_checkpoint
+    from detforge.errors import CheckpointError
+
+    payload = inference_checkpoint(_record(), {"w": torch.ones(1)})
+    path = save_checkpoint(payload, tmp_path / "best.pt")
+    with pytest.raises(CheckpointError, match="holds weights only .*resume needs a run's last.pt"):
+        read_detforge_checkpoint(path, need="training")
+    newer = save_checkpoint({**payload, "version": 99}, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="newer detforge .*version 99.*reads up to 2"):
+        read_detforge_checkpoint(newer)
+    foreign = save_checkpoint({"state_dict": {"w": torch.ones(1)}}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a detforge checkpoint.*pretrained=PATH"):
+        read_detforge_checkpoint(foreign)
+
+
+def test_schema_training_file_needs_the_whole_resume_state():
+    from detforge.engine.checkpoint import training_checkpoint
+
+    with pytest.raises(ValueError, match="resume state lacks"):
+        training_checkpoint(_record(), {}, {"optimizer": {}})
+
+
+def test_first_format_files_are_converted(tmp_path):
+    from detforge.engine.checkpoint import read_detforge_checkpoint
+
+    raw, ema = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
+    v1 = {"format": "detforge-checkpoint-v1", "model_name": "fcos-n", "num_classes": 2, "names": ["a", "b"],
+          "model": raw, "ema": ema, "optimizer": {"state": {}}, "config": {"imgsz": 64}}
+    ckpt = read_detforge_checkpoint(save_checkpoint(v1, tmp_path / "old.pt"), need="training")
+    assert torch.equal(ckpt["model"]["w"], ema["w"]) and torch.equal(ckpt["train_weights"]["w"], raw["w"])
+    assert ckpt["version"] == 2 and ckpt["model_options"] == {}

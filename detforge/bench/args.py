@@ -3,10 +3,10 @@ its keys and defaults; an unknown key or a bad value is refused with the allowed
 
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 from detforge.config import ConfigError
+from detforge.resolve import action_options
 
 
 def int_list(value: Any, key: str) -> list[int]:
@@ -33,20 +33,4 @@ def as_bool(value: Any, key: str) -> bool:
 
 
 def resolve(action: str, args: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """``defaults`` overlaid with ``args``; values keep the type of their default."""
-    out = dict(defaults)
-    for key, value in args.items():
-        if key not in defaults:
-            close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"bench {action}: unknown key '{key}'{hint} Allowed: {', '.join(sorted(defaults))}")
-        default = defaults[key]
-        if isinstance(default, bool):
-            value = as_bool(value, key)
-        elif isinstance(default, int) and not isinstance(value, int):
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"bench {action}: bad value {value!r} for '{key}': expected an integer") from None
-        out[key] = value
-    return out
+    return action_options(f"bench {action}", args, defaults)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from detforge.config import ConfigError
+from detforge.resolve import action_options
 
 LOG = logging.getLogger("detforge")
 
@@ -20,12 +21,11 @@ def _need(args: dict[str, Any], key: str, example: str) -> Any:
 def data_command(action: str, args: dict[str, Any]) -> int:
     from detforge.data.formats import load_dataset
 
-    known = {"check": {"data", "tiny", "out"}, "convert": {"data", "to", "out", "link"}}
-    if action not in known:
+    defaults = {"check": {"data": None, "tiny": 4.0, "out": None},
+                "convert": {"data": None, "to": None, "out": None, "link": False}}
+    if action not in defaults:
         raise ConfigError(f"unknown data action '{action}'; allowed: check, convert")
-    extra = set(args) - known[action]
-    if extra:
-        raise ConfigError(f"data {action}: unknown keys {sorted(extra)}; allowed: {sorted(known[action])}")
+    args = action_options(f"data {action}", args, defaults[action])
     if action == "check":
         from detforge.data.check import check_dataset
 

@@ -26,19 +26,14 @@ from detforge.data.dataset import DetectionDataset
 from detforge.data.formats import load_dataset
 from detforge.data.loader import build_dataloader, loader_set_epoch, multi_scale_size, resize_batch
 from detforge.engine import distributed as dist_utils
-from detforge.engine import parallel
+from detforge.engine import parallel, run_checkpoint
 from detforge.engine.checkpoint import (
-    ModelRecord,
     build_with_weights,
-    inference_checkpoint,
     load_matching,
     load_pretrained,
     read_detforge_checkpoint,
     read_model_record,
-    rng_state,
-    save_checkpoint,
     set_rng_state,
-    training_checkpoint,
 )
 from detforge.engine.ema import ModelEMA
 from detforge.engine.optim import build_optimizer
@@ -85,7 +80,7 @@ class Trainer:
         self.dist = dist_utils.env_info()
         setup_logging(cfg.verbose, self.dist.rank)
         self.device = select_device(cfg.device, self.dist.local_rank if self.dist.enabled else None)
-        dist_utils.init_process_group(self.dist, self.device.type == "cuda", **self._dist_options())
+        dist_utils.init_process_group(self.dist, self.device.type == "cuda", timeout=cfg.dist_timeout)
         self.is_main = self.dist.is_main
         self._model_in = model
         self.best_fitness = -math.inf
@@ -96,14 +91,6 @@ class Trainer:
         self.iteration = 0
         self.bad_steps_total = 0
         self.history: list[dict[str, Any]] = []
-
-    def _dist_options(self) -> dict[str, Any]:
-        timeout = getattr(self.cfg, "dist_timeout", None)
-        import inspect
-
-        if timeout is None or "timeout" not in inspect.signature(dist_utils.init_process_group).parameters:
-            return {}
-        return {"timeout": timeout}
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -145,7 +132,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.train_model = self._wrap_distributed(self.model)
         if self.resume_from is not None:
-            self._restore(read_detforge_checkpoint(self.resume_from, need="training"))
+            run_checkpoint.restore(self, read_detforge_checkpoint(self.resume_from, need="training"))
         self.log = RunLog(self.save_dir, cfg.logger, cfg.project, cfg.model_dump(mode="json"),
                           self.history) if self.is_main else None
         self.trust_logger = self._trust_logger()
@@ -265,101 +252,12 @@ class Trainer:
         return self.eval_copy
 
     # ------------------------------------------------------------------ checkpoints
-    def _dcp_dir(self) -> Path:
-        """FSDP's sharded state goes to a new folder per save, named in last.pt, so a kill
-        between the two writes leaves last.pt pointing at the complete older folder."""
-        return self.weights_dir / f"last_dcp_{self.iteration}"
-
-    def _prune_dcp(self, keep: str | None) -> None:
-        import shutil
-
-        for d in self.weights_dir.glob("last_dcp_*"):
-            if d.name != keep:
-                shutil.rmtree(d, ignore_errors=True)
-
     def _gather_state(self) -> dict[str, Any]:
-        """Model and optimizer state for checkpoints; every rank calls it (ZeRO consolidates on
-        rank 0; FSDP gathers the weights on rank 0 and writes its sharded state beside)."""
-        state = {
-            "model": parallel.model_state_dict(self.train_model, all_ranks=False),
-            "optimizer": parallel.optimizer_state_dict(self.train_model, self.optimizer),
-            "dcp_dir": None,
-        }
-        if parallel.is_fsdp(self.train_model):
-            folder = self._dcp_dir()
-            parallel.save_sharded(self.train_model, self.optimizer, folder)
-            state["dcp_dir"] = folder.name
-        # each rank's RNG streams (dropout, denoising noise): a resume restores every rank's own
-        state["rng"] = dist_utils.all_gather_object(rng_state())
-        return state
-
-    def _record(self, epoch: int, metrics: dict[str, Any]) -> ModelRecord:
-        cfg = self.cfg
-        return ModelRecord(
-            model_name=self.model_name, num_classes=len(self.names), names=self.names,
-            model_options=self.model_options, imgsz=cfg.imgsz, resize_mode=cfg.resize_mode, conf=cfg.conf,
-            config=cfg.model_dump(mode="json"), epoch=epoch,
-            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        )
+        return run_checkpoint.gather_state(self)
 
     def _save(self, epoch: int, metrics: dict[str, Any], state: dict[str, Any], improved: bool = False,
               progress: dict[str, Any] | None = None) -> None:
-        """last.pt (everything an exact resume needs), best.pt (weights + metadata only).
-        ``epoch`` is the last finished epoch; ``progress`` the position inside the next one."""
-        record = self._record(epoch, metrics)
-        weights = self.ema.module.state_dict() if self.ema else state["model"]
-        train_state = {
-            "train_weights": state["model"], "ema_updates": self.ema.updates if self.ema else 0,
-            "optimizer": state["optimizer"], "scaler": self.scaler.state_dict(),
-            "schedule": self.schedule.state_dict(), "iteration": self.iteration,
-            "best_fitness": self.best_fitness, "best_epoch": self.best_epoch,
-            "history": self.log.history if self.log else [], "bad_steps_total": self.bad_steps_total,
-            "epoch_progress": progress, "rng": state["rng"][0], "rng_per_rank": state["rng"],
-            "dcp_dir": state["dcp_dir"],
-        }
-        save_checkpoint(training_checkpoint(record, weights, train_state), self.weights_dir / "last.pt")
-        if state["dcp_dir"]:
-            self._prune_dcp(keep=state["dcp_dir"])
-        if improved:
-            save_checkpoint(inference_checkpoint(record, weights), self.weights_dir / "best.pt")
-        if progress is None and self.cfg.save_period and (epoch + 1) % self.cfg.save_period == 0:
-            save_checkpoint(inference_checkpoint(record, weights), self.weights_dir / f"epoch{epoch + 1}.pt")
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        parallel.load_model_state_dict(self.model, ckpt["train_weights"])
-        if self.ema:
-            self.ema.module.load_state_dict(ckpt["model"])
-            self.ema.updates = int(ckpt.get("ema_updates", 0))
-        if ckpt["optimizer"] is None:  # parallel=fsdp: sharded state beside last.pt
-            parallel.load_sharded(self.model, self.optimizer,
-                                  self.resume_from.parent / (ckpt.get("dcp_dir") or self.resume_from.stem + "_dcp"))
-        else:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        self.schedule.load_state_dict(ckpt["schedule"])
-        self.start_epoch = int(ckpt["epoch"]) + 1
-        self.iteration = int(ckpt["iteration"])
-        self.best_fitness = float(ckpt["best_fitness"])
-        self.best_epoch = int(ckpt.get("best_epoch", -1))
-        self.history = list(ckpt.get("history", []))
-        self.bad_steps_total = int(ckpt.get("bad_steps_total", 0))
-        rng = self._own_rng(ckpt)
-        set_rng_state(rng)
-        self.resume_progress = ckpt.get("epoch_progress")
-        if self.resume_progress:
-            self.resume_progress["rng"] = rng
-            LOG.info("resumed from %s in epoch %d at batch %d", self.resume_from, self.start_epoch + 1,
-                     self.resume_progress["batch"])
-        else:
-            LOG.info("resumed from %s at epoch %d", self.resume_from, self.start_epoch + 1)
-
-    def _own_rng(self, ckpt: dict[str, Any]) -> dict[str, Any]:
-        per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
-        if len(per_rank) == self.dist.world_size:
-            return per_rank[self.dist.rank]
-        LOG.warning("resume: saved with %d processes, now %d: RNG streams restart from rank 0's "
-                    "(the run continues, but not bit-identically)", len(per_rank), self.dist.world_size)
-        return per_rank[0]
+        run_checkpoint.save(self, epoch, metrics, state, improved, progress)
 
     def _maybe_checkpoint_mid_epoch(self, epoch: int, next_batch: int, sums: dict[str, float]) -> None:
         """A long epoch is hours of work: write last.pt inside it too (every ``checkpoint_every``
