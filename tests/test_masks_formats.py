@@ -103,3 +103,23 @@ def test_box_only_reading_is_unchanged(tmp_path):
     root = _coco(tmp_path, [{"category_id": 1, "bbox": [2, 3, 20, 10]}])
     s = load_dataset(root).splits["val"][0]
     assert s.polygons is None and s.boxes.tolist() == [[2, 3, 22, 13]]
+
+
+def test_data_check_reports_bad_polygons_with_their_files(tmp_path):
+    from detforge.data.check import check_dataset
+
+    _image(tmp_path / "images/train/a.jpg", 80, 40)
+    _text(tmp_path / "labels/train/a.txt",
+          "0 0.1 0.1 0.5 0.5 0.5 0.1 0.1 0.5\n"     # a bow tie: crosses itself
+          "0 0.6 0.2 0.9 0.2 0.8 0.8\n"             # fine
+          "0 0.9 0.1 1.3 0.1 1.1 0.6\n")            # leaves the image: clipped
+    _image(tmp_path / "images/val/b.jpg", 80, 40, seed=1)
+    _text(tmp_path / "labels/val/b.txt", "0 0.5 0.5 0.5 0.5\n")
+    _text(tmp_path / "classes.txt", "a\n")
+    report = check_dataset(load_dataset(tmp_path))
+    (crossing,) = report.problems["self_crossing_polygon"]
+    assert crossing["file"].endswith("a.jpg") and "object 0 polygon 0 crosses itself" in crossing["message"]
+    (outside,) = report.problems["out_of_range_polygon"]
+    assert outside["file"].endswith("a.txt") and "line 3" in outside["message"]
+    text = report.format()
+    assert "Instance outlines: 3 of 4 objects" in text and "self-crossing 1" in text and "out of the image 1" in text

@@ -90,6 +90,17 @@ def _clip_half_plane(ring: np.ndarray, axis: int, bound: float, keep_below: bool
     return candidates[chosen]
 
 
+def ring_is_flat(ring: np.ndarray) -> bool:
+    """True when the ring encloses nothing: fewer than 3 points, or all on one line. (A zero
+    shoelace area alone is not enough: a bow tie's two halves cancel.)"""
+    r = np.asarray(ring, np.float64).reshape(-1, 2)
+    if len(r) < 3:
+        return True
+    if abs(ring_signed_area(r)) > MIN_RING_AREA:
+        return False
+    return bool(np.linalg.svd(r - r.mean(0), compute_uv=False)[-1] <= 1e-6)
+
+
 def clip_ring(ring: np.ndarray, rect: Sequence[float]) -> np.ndarray | None:
     """The part of ``ring`` inside the xyxy ``rect``; None when nothing of area is left."""
     x1, y1, x2, y2 = rect
@@ -98,7 +109,7 @@ def clip_ring(ring: np.ndarray, rect: Sequence[float]) -> np.ndarray | None:
         out = _clip_half_plane(out, axis, bound, below)
         if len(out) < 3:
             return None
-    return out if abs(ring_signed_area(out)) > MIN_RING_AREA else None
+    return None if ring_is_flat(out) else out
 
 
 def clip_outline(rings: Sequence[np.ndarray], rect: Sequence[float]) -> list[np.ndarray]:
@@ -320,6 +331,6 @@ def drop_repeated_vertices(ring: np.ndarray) -> np.ndarray:
 __all__ = [
     "MIN_RING_AREA", "as_ring", "box_ring", "clip_outline", "clip_ring", "join_outline", "join_rings",
     "mask_to_rings", "masks_to_original", "outline_area", "outline_bounds", "points_finite", "polygon_flat",
-    "rasterize", "rasterize_objects", "ring_from_flat", "ring_self_crosses", "ring_signed_area",
+    "rasterize", "rasterize_objects", "ring_from_flat", "ring_is_flat", "ring_self_crosses", "ring_signed_area",
     "drop_repeated_vertices", "subtract_rect", "transform_rings",
 ]

@@ -6,6 +6,14 @@ the gt file uses: classes are the gt's categories sorted by id. Predictions nami
 category the gt does not have are left out and counted. Crowd annotations (``iscrowd: 1``) are
 ignore regions, as in pycocotools: a prediction on one is neither a TP nor an FP, for the COCO
 mAP and the fixed-threshold P/R/F1 alike (``detforge.eval.threshold`` states the rule).
+
+Instance masks: when the predictions carry ``segmentation`` (RLE, as Detectron2 / detforge
+predict write them, or polygons) and the ground truth has segmentations, the COCO mask mAP is
+reported too (``segm_map50_95`` ...), computed from the files' own segmentations and areas, so
+it equals pycocotools' ``iouType="segm"`` on the same files (polygon predictions are turned
+into RLE first, which pycocotools' loadRes needs). A prediction may then omit
+``bbox`` (its mask's bounds are used); a ground-truth object without a segmentation counts
+with its box as its mask.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from faster_coco_eval.core import mask as coco_mask
 
+from detforge.eval.coco import box_polygon
 from detforge.eval.evaluator import Evaluator
 from detforge.records import Detections
 
@@ -66,6 +76,32 @@ def _require(entry: dict, keys: tuple[str, ...], path: Path, where: str) -> None
         raise ValueError(f"{path}: {where} lacks {missing}")
 
 
+def _as_rle(seg, height: int | None = None, width: int | None = None) -> dict:
+    if isinstance(seg, list):
+        return coco_mask.merge(coco_mask.frPyObjects(seg, height, width))
+    return coco_mask.frPyObjects(seg, *seg["size"]) if isinstance(seg["counts"], list) else seg
+
+
+def _segmentation(seg, image: dict, path: Path, where: str):
+    """A COCO segmentation checked against its image (None when absent); an error names the entry."""
+    if seg is None or (isinstance(seg, list) and not seg):
+        return None
+    h, w = int(image.get("height", 0)), int(image.get("width", 0))
+    if isinstance(seg, list):
+        if not all(isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+                   and all(isinstance(v, (int, float)) for v in poly) for poly in seg):
+            raise ValueError(f"{path}: {where}: segmentation polygons must be flat [x1, y1, x2, y2, ...] lists of "
+                             "at least 3 points")
+        if not (h and w):
+            raise ValueError(f"{path}: {where}: a polygon segmentation needs the image's width and height")
+        return seg
+    if not (isinstance(seg, dict) and "counts" in seg and isinstance(seg.get("size"), list) and len(seg["size"]) == 2):
+        raise ValueError(f"{path}: {where}: segmentation must be polygons or an RLE {{size: [h, w], counts}}")
+    if h and w and [int(v) for v in seg["size"]] != [h, w]:
+        raise ValueError(f"{path}: {where}: segmentation RLE size {seg['size']} differs from the image's [{h}, {w}]")
+    return seg
+
+
 def evaluate_files(
     gt_json: str | Path,
     pred_json: str | Path,
@@ -102,6 +138,8 @@ def evaluate_files(
     gt_areas = [[] for _ in range(n_images)]
     crowd_boxes = [[] for _ in range(n_images)]
     crowd_labels = [[] for _ in range(n_images)]
+    gt_segs = [[] for _ in range(n_images)]
+    crowd_segs = [[] for _ in range(n_images)]
     crowd = 0
     for i, ann in enumerate(gt["annotations"]):
         where = f"annotations[{i}]"
@@ -116,7 +154,9 @@ def evaluate_files(
             crowd += 1
             crowd_boxes[j].append(box)
             crowd_labels[j].append(cat_index[ann["category_id"]])
+            crowd_segs[j].append(_segmentation(ann.get("segmentation"), gt["images"][j], gt_path, where))
             continue
+        gt_segs[j].append(_segmentation(ann.get("segmentation"), gt["images"][j], gt_path, where))
         gt_boxes[j].append(box)
         gt_labels[j].append(cat_index[ann["category_id"]])
         gt_areas[j].append(float(ann.get("area", (box[2] - box[0]) * (box[3] - box[1]))))
@@ -126,11 +166,13 @@ def evaluate_files(
         preds = preds["annotations"]
     if not isinstance(preds, list):
         raise ValueError(f"{pred_path}: expected a list of {{image_id, category_id, bbox, score}}")
-    det_lists = [([], [], []) for _ in range(n_images)]
+    det_lists = [([], [], [], []) for _ in range(n_images)]
     unknown_image = unknown_category = 0
     for i, p in enumerate(preds):
         where = f"entry {i}"
-        _require(p, ("image_id", "category_id", "bbox", "score"), pred_path, where)
+        _require(p, ("image_id", "category_id", "score"), pred_path, where)
+        if "bbox" not in p and "segmentation" not in p:
+            raise ValueError(f"{pred_path}: {where} lacks ['bbox'] (or a 'segmentation')")
         if p["image_id"] not in image_index:
             unknown_image += 1
             continue
@@ -143,10 +185,19 @@ def evaluate_files(
             raise ValueError(f"{pred_path}: {where}: score must be a number, got {p['score']!r}") from None
         if not math.isfinite(score):
             raise ValueError(f"{pred_path}: {where}: score is not finite ({p['score']!r})")
-        boxes, scores, labels = det_lists[image_index[p["image_id"]]]
-        boxes.append(_bbox_xyxy(p["bbox"], pred_path, where))
+        boxes, scores, labels, segs = det_lists[image_index[p["image_id"]]]
+        seg, img = None, gt["images"][image_index[p["image_id"]]]
+        if "segmentation" in p:  # as RLE: COCO's loadRes reads results' masks only in that form
+            seg = _segmentation(p["segmentation"], img, pred_path, where)
+            seg = None if seg is None else _as_rle(seg, int(img.get("height", 0)), int(img.get("width", 0)))
+        if "bbox" in p or seg is None:
+            bbox = p.get("bbox")
+        else:
+            bbox = coco_mask.toBbox(seg).tolist()
+        boxes.append(_bbox_xyxy(bbox, pred_path, where))
         scores.append(score)
         labels.append(cat_index[p["category_id"]])
+        segs.append(seg)
 
     if unknown_image or unknown_category:
         log.warning(
@@ -156,9 +207,14 @@ def evaluate_files(
     if crowd:
         log.info("%s: %d crowd regions (iscrowd=1) used as ignore regions", gt_path, crowd)
 
+    with_masks = [s is not None for _, _, _, segs in det_lists for s in segs]
+    masks = any(with_masks) and all(with_masks) and any(s is not None for segs in gt_segs for s in segs)
+    if any(with_masks) and not masks:
+        log.warning("%s: no mask mAP: %s", pred_path, "some predictions have no segmentation" if not all(with_masks)
+                    else f"{gt_path.name} has no segmentations")
     evaluator = Evaluator(names, conf=conf, iou_thr=iou_thr)
     for j, img in enumerate(gt["images"]):
-        boxes, scores, labels = det_lists[j]
+        boxes, scores, labels, segs = det_lists[j]
         order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
         det = Detections(np.asarray(boxes, np.float64).reshape(-1, 4)[order], np.asarray(scores)[order],
                          np.asarray(labels, np.int64)[order])
@@ -170,6 +226,9 @@ def evaluate_files(
             gt_areas=np.asarray(gt_areas[j], np.float64),
             crowd_boxes=np.asarray(crowd_boxes[j], np.float64).reshape(-1, 4),
             crowd_labels=np.asarray(crowd_labels[j], np.int64),
+            **({"gt_segms": [s if s is not None else box_polygon(b) for s, b in zip(gt_segs[j], gt_boxes[j])],
+                "crowd_segms": [s if s is not None else box_polygon(b) for s, b in zip(crowd_segs[j], crowd_boxes[j])],
+                "det_segms": [segs[k] for k in order]} if masks else {}),
         )
     metrics = evaluator.compute()
     metrics["left_out"] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detforge.eval.coco import SUMMARY_KEYS, coco_map
+from detforge.eval.coco import SUMMARY_KEYS, coco_map, encode_masks
 from detforge.eval.threshold import (
     confidence_sweep,
     match_image,
@@ -40,6 +40,9 @@ class Evaluator:
     ``detforge.eval.threshold`` at ``conf`` and ``iou_thr``), per_class (one dict per class:
     class, images, instances, tp, fp, fn, precision, recall, f1, iou, ap50, ap50_95), confusion
     ((K+1) x (K+1) counts, rows GT, columns prediction, last index background), conf, iou_thr.
+    When every image came with ground-truth segmentations and predicted masks (a mask model),
+    also the COCO mask mAP as segm_map50_95, segm_map50, ... (``SEGM_KEYS``) and segm_ap50 /
+    segm_ap50_95 per class; the fixed-threshold numbers stay box-based.
     """
 
     def __init__(self, names: list[str], conf: float = 0.5, iou_thr: float = 0.5) -> None:
@@ -65,10 +68,18 @@ class Evaluator:
         gt_areas: np.ndarray | None = None,
         crowd_boxes: np.ndarray | None = None,
         crowd_labels: np.ndarray | None = None,
+        gt_segms: list | None = None,
+        crowd_segms: list | None = None,
+        det_segms: list | None = None,
     ) -> None:
         """One image: GT (xyxy absolute, 0-based labels), its detections, (h, w); ``gt_areas``
         optionally overrides the box areas COCO uses for small/medium/large; ``crowd_boxes`` /
-        ``crowd_labels`` are its crowd regions (ignore regions for every metric, as in COCO)."""
+        ``crowd_labels`` are its crowd regions (ignore regions for every metric, as in COCO).
+
+        Masks: ``gt_segms`` (one COCO segmentation per GT box: polygons or RLE; see
+        ``detforge.eval.coco.outline_segmentation``), optionally ``crowd_segms``, and the
+        detections' masks as RLEs in ``det_segms`` or as ``det.masks`` (uint8 [K, h, w], encoded
+        here so the evaluator keeps only the compact RLEs)."""
         boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
         labels = np.asarray(gt_labels, dtype=np.int64).reshape(-1)
         if len(boxes) != len(labels):
@@ -87,6 +98,15 @@ class Evaluator:
         areas = None if gt_areas is None else np.asarray(gt_areas, np.float64).reshape(-1)
         if areas is not None and len(areas) != len(labels):
             raise ValueError(f"image {len(self._images)}: {len(areas)} areas for {len(labels)} GT boxes")
+        if det_segms is None and det.masks is not None:
+            if det.masks.shape[1:] != tuple(image_size):
+                raise ValueError(f"image {len(self._images)}: masks of {det.masks.shape[1:]} for an image of "
+                                 f"{tuple(image_size)} (h, w)")
+            det_segms = encode_masks(det.masks)
+        for what, segs, n in (("GT segmentations", gt_segms, len(labels)), ("crowd segmentations", crowd_segms, len(crowd)),
+                              ("detection masks", det_segms, len(det.labels))):
+            if segs is not None and len(segs) != n:
+                raise ValueError(f"image {len(self._images)}: {len(segs)} {what} for {n} boxes")
         self._images.append(
             (
                 boxes,
@@ -98,8 +118,16 @@ class Evaluator:
                 areas,
                 crowd,
                 crowd_lab,
+                None if gt_segms is None else list(gt_segms),
+                None if crowd_segms is None else list(crowd_segms),
+                None if det_segms is None else list(det_segms),
             )
         )
+
+    @property
+    def has_masks(self) -> bool:
+        """True when every image has GT segmentations and predicted masks: segm mAP is computed."""
+        return bool(self._images) and all(im[9] is not None and im[11] is not None for im in self._images)
 
     # ---- distributed gathering -------------------------------------------------------------
     def state(self) -> list:
@@ -129,10 +157,18 @@ class Evaluator:
         coco = coco_map(gt, dets, len(self.names), sizes, areas if any(a is not None for a in areas) else None,
                         crowds=crowds)
         out = {key: coco[key] for key in SUMMARY_KEYS}
+        segm = None
+        if self.has_masks:
+            segm = coco_map(gt, dets, len(self.names), sizes, areas if any(a is not None for a in areas) else None,
+                            crowds=crowds, iou_type="segm", segms=[(im[9], im[10], im[11]) for im in self._images])
+            out.update({f"segm_{key}": segm[key] for key in SUMMARY_KEYS})
         thr = threshold_metrics(self._matches(self.conf), self.names)
-        for row, ap50, ap in zip(thr["per_class"], coco["per_class_ap50"], coco["per_class_ap50_95"]):
+        for i, (row, ap50, ap) in enumerate(zip(thr["per_class"], coco["per_class_ap50"], coco["per_class_ap50_95"])):
             row["ap50"] = ap50
             row["ap50_95"] = ap
+            if segm is not None:
+                row["segm_ap50"] = segm["per_class_ap50"][i]
+                row["segm_ap50_95"] = segm["per_class_ap50_95"][i]
         out.update(thr)
         out["conf"] = self.conf
         out["iou_thr"] = self.iou_thr

@@ -129,7 +129,7 @@ def warp_outlines(
             continue
         boxes[i] = outline_bounds(moved)
         w, h = boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1]
-        visible = outline_area(moved) / full if full > 0 else 0.0
+        visible = outline_area(moved) / full if full > 0 else 1.0  # (a bow tie's shoelace area is 0)
         keep[i] = w >= min_size and h >= min_size and w > 0 and h > 0 and visible >= min_visibility
     return Targets(boxes, targets.labels, targets.weights, polygons).select(keep)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from detforge.data.formats.common import EDGE_TOLERANCE_PX, ProblemLog
-from detforge.data.polygons import MIN_RING_AREA, clip_ring, ring_signed_area
+from detforge.data.polygons import clip_ring, ring_is_flat
 
 
 def clean_outline(rings: list[np.ndarray], width: int, height: int, source: Path, log: ProblemLog,
@@ -36,7 +36,7 @@ def clean_outline(rings: list[np.ndarray], width: int, height: int, source: Path
             continue
         reach = max(float(-ring.min()), float((ring - [width, height]).max()), 0.0)
         clipped = clip_ring(ring, image) if reach > 0 else ring
-        if clipped is None or abs(ring_signed_area(clipped)) <= MIN_RING_AREA:
+        if clipped is None or ring_is_flat(clipped):
             why = f"lies outside the {width}x{height} image" if reach > EDGE_TOLERANCE_PX else "encloses no area"
             log.add(source, "out_of_range_polygon" if reach > EDGE_TOLERANCE_PX else "bad_polygon",
                     f"{desc} {why}; dropped")
