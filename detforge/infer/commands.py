@@ -2,6 +2,14 @@
 
 Writes into runs/predict/NAME/: drawn images (videos as .mp4), ``labels/STEM.txt`` (YOLO:
 ``class cx cy w h conf`` normalised to the image), ``predictions.json`` (COCO results).
+
+When the source is a dataset (``source=`` a dataset folder or data.yaml, or ``data=`` without
+``source=``), predict runs on its ``split=`` and ``predictions.json`` uses the dataset's own
+image and category ids (a COCO file's, else 1..N and 1..K as ``detforge data convert to=coco``
+writes them); ``save_gt=true`` writes the matching ground truth as ``gt.json`` beside it, so
+``detforge eval gt=gt.json pred=predictions.json`` scores exactly what ``detforge val`` scores
+(with ``conf=0``: val ranks every detection up to ``max_det``). Otherwise ``image_id`` is the
+file stem and ``category_id`` the 0-based class index.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from detforge.config import ConfigError, TrainConfig
 from detforge.infer.draw import draw_detections
 from detforge.infer.predictor import Predictor
 from detforge.infer.sources import Frame, count_frames, expand_paths, iter_frames
-from detforge.records import Detections
+from detforge.records import DetectionData, Detections, Sample
 from detforge.utils.runtime import increment_path
 
 LOG = logging.getLogger("detforge")
@@ -33,14 +41,15 @@ def yolo_lines(dets: Detections, width: int, height: int) -> list[str]:
     return lines
 
 
-def coco_results(dets: Detections, image_id, names: list[str]) -> list[dict]:
-    """COCO results entries; ``category_id`` is the 0-based class index (``category_name`` beside it)."""
+def coco_results(dets: Detections, image_id, names: list[str], category_ids: list[int] | None = None) -> list[dict]:
+    """COCO results entries (``category_name`` beside each). ``category_id`` is
+    ``category_ids[class]``, or the 0-based class index without them. Values are not rounded:
+    xywh is the exact float64 difference of the float32 box, so a reader gets the box back."""
     out = []
-    for (x1, y1, x2, y2), score, label in zip(dets.boxes, dets.scores, dets.labels):
+    for (x1, y1, x2, y2), score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
         out.append({
-            "image_id": image_id, "category_id": int(label), "category_name": names[int(label)],
-            "bbox": [round(float(x1), 3), round(float(y1), 3), round(float(x2 - x1), 3), round(float(y2 - y1), 3)],
-            "score": round(float(score), 5),
+            "image_id": image_id, "category_id": int(category_ids[label]) if category_ids else int(label),
+            "category_name": names[int(label)], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
         })
     return out
 
@@ -48,9 +57,11 @@ def coco_results(dets: Detections, image_id, names: list[str]) -> list[dict]:
 class ResultWriter:
     """Everything predict saves, one frame at a time."""
 
-    def __init__(self, save_dir: Path, names: list[str], save: bool, save_txt: bool, save_json: bool) -> None:
+    def __init__(self, save_dir: Path, names: list[str], save: bool, save_txt: bool, save_json: bool,
+                 image_ids: dict[str, object] | None = None, category_ids: list[int] | None = None) -> None:
         self.save_dir, self.names = save_dir, names
         self.save, self.save_txt, self.save_json = save, save_txt, save_json
+        self.image_ids, self.category_ids = image_ids, category_ids  # a dataset's ids (None: file stems)
         self.json_rows: list[dict] = []
         self.videos: dict[Path, cv2.VideoWriter] = {}
         self.used: dict[str, set[str]] = {"labels": set(), "files": set()}
@@ -71,8 +82,11 @@ class ResultWriter:
         if self.save_txt:
             (self.save_dir / "labels" / self._unique(f"{frame.stem}.txt", "labels")).write_text("".join(f"{ln}\n" for ln in yolo_lines(dets, w, h)))
         if self.save_json:
-            image_id = int(frame.stem) if frame.stem.isdigit() else frame.stem
-            self.json_rows.extend(coco_results(dets, image_id, self.names))
+            if self.image_ids is not None:
+                image_id = self.image_ids[str(frame.path)]
+            else:
+                image_id = int(frame.stem) if frame.stem.isdigit() else frame.stem
+            self.json_rows.extend(coco_results(dets, image_id, self.names, self.category_ids))
         if self.save:
             drawn = cv2.cvtColor(draw_detections(frame.image, dets, self.names), cv2.COLOR_RGB2BGR)
             if frame.is_video:
@@ -99,20 +113,75 @@ class ResultWriter:
             (self.save_dir / "predictions.json").write_text(json.dumps(self.json_rows))
 
 
+def dataset_source(cfg: TrainConfig, given: set[str]) -> tuple[DetectionData, list[Sample]] | None:
+    """The dataset and split predict runs on: ``source=`` a dataset folder or data.yaml, or
+    ``data=`` without ``source=``; None when the source is plain images or video."""
+    from detforge.data.formats import DatasetError, detect_layout, load_dataset
+
+    where = None
+    if cfg.source:
+        path = Path(cfg.source).expanduser()
+        if path.is_dir() or path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                detect_layout(path)
+                where = path
+            except DatasetError:
+                where = None  # a folder of images, not a dataset
+        if "data" in given and (where is None or Path(cfg.data or "").expanduser().resolve() != path.resolve()):
+            raise ConfigError(f"predict: data={cfg.data} names the dataset to predict on; source={cfg.source} is "
+                              f"{'another dataset' if where is not None else 'not that dataset'}: give one of them")
+    elif "data" in given:
+        where = cfg.data
+    if where is None:
+        return None
+    data = load_dataset(where)
+    samples = data.splits.get(cfg.split) or []
+    if not samples:
+        raise ConfigError(f"predict: {data.root} has no images in split '{cfg.split}' "
+                          f"(splits: {', '.join(k for k, v in data.splits.items() if v) or 'none'}); pass split=")
+    return data, samples
+
+
 def predict_command(cfg: TrainConfig, given: set[str]) -> int:
-    if not cfg.source:
-        raise ConfigError("predict needs source=IMAGE|DIR|VIDEO|GLOB")
     if "model" not in given:
         raise ConfigError("predict needs model=FILE (.pt, .onnx, OpenVINO .xml or TensorRT .engine)")
-    paths = expand_paths(cfg.source)
+    dataset = dataset_source(cfg, given)
+    if dataset is None and not cfg.source:
+        raise ConfigError("predict needs source=IMAGE|DIR|VIDEO|GLOB, or a dataset (source=DATASET or data=DATASET)")
+    if cfg.save_gt and dataset is None:
+        raise ConfigError(f"predict: save_gt=true writes a dataset's ground truth, but source={cfg.source} is not "
+                          "a dataset folder or data.yaml (pass one, or data= with split=)")
+    image_ids = category_ids = None
+    if dataset is not None:
+        from detforge.data.formats.coco import coco_ids
+
+        data, samples = dataset
+        paths = [s.image_path for s in samples]
+        ids, category_ids = coco_ids(data, samples)
+        image_ids = {str(s.image_path): i for s, i in zip(samples, ids)}
+        LOG.info("predict: %s is a %s dataset; running on its '%s' split (%d images), results in its image and "
+                 "category ids", data.root, data.layout, cfg.split, len(samples))
+    else:
+        paths = expand_paths(cfg.source)
     predictor = Predictor(
         cfg.model, conf=cfg.conf if "conf" in given else None, imgsz=cfg.imgsz if "imgsz" in given else None,
         device=cfg.device, backend=cfg.backend, cut_padding=cfg.cut_padding, threads=cfg.threads,
         batch=int(cfg.batch) if "batch" in given and cfg.batch >= 1 else 8, decoder_layers=cfg.decoder_layers,
+        max_det=cfg.max_det if "max_det" in given else None,
     )
-    save_dir = Path(cfg.save_dir) if cfg.save_dir else increment_path(Path(cfg.project) / "predict" / (cfg.name or "predict"), cfg.exist_ok)
+    if dataset is not None and predictor.names != list(dataset[0].names):
+        raise ConfigError(f"predict: the model's classes {predictor.names} are not the dataset's {dataset[0].names}")
+    if dataset is not None and cfg.save_json and "conf" not in given:
+        LOG.info("predict: predictions.json keeps detections above the model's thresholds; for the COCO mAP that "
+                 "`detforge val` reports, pass conf=0 (val ranks every detection up to max_det)")
+    save_dir = Path(cfg.save_dir) if cfg.save_dir else increment_path(Path(cfg.project) / (cfg.name or "predict"), cfg.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
-    writer = ResultWriter(save_dir, predictor.names, cfg.save, cfg.save_txt, cfg.save_json)
+    writer = ResultWriter(save_dir, predictor.names, cfg.save, cfg.save_txt, cfg.save_json, image_ids, category_ids)
+    if dataset is not None and cfg.save_gt:
+        from detforge.data.formats.coco import coco_ground_truth
+
+        gt = coco_ground_truth(samples, data.names, ids, category_ids)
+        (save_dir / "gt.json").write_text(json.dumps(gt))
     failed: list[Frame] = []
     frames = detections = 0
     start = time.perf_counter()

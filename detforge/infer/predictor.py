@@ -38,15 +38,24 @@ class Predictor:
         batch: int = 8,
         threads: int | None = None,
         decoder_layers: int | None = None,
+        max_det: int | None = None,
     ) -> None:
         """``conf=None`` uses the thresholds stored with the model (per class when a training
         run chose them), else 0.25. ``imgsz`` defaults to the model's own size; a different one
         needs a backend with free height/width (torch, or an export with dynamic=true).
-        ``decoder_layers``: for a .pt of a DETR, predict from its first N decoder layers."""
+        ``decoder_layers``: for a .pt of a DETR, predict from its first N decoder layers.
+        ``max_det``: most detections per image (default: the model's own; an export returns at
+        most the count it was exported with)."""
         self.backend = model if isinstance(model, Backend) else load_backend(model, backend, device, threads,
                                                                              decoder_layers)
         self.source = str(getattr(model, "name", model))
         meta = self.backend.meta
+        self.max_det = int(max_det) if max_det else int(meta.max_det)
+        if max_det and isinstance(self.backend, TorchBackend):
+            meta.max_det = self.max_det  # the torch model selects that many itself
+        elif max_det and max_det > meta.max_det:
+            LOG.warning("%s was exported with max_det=%d: it returns at most %d detections per image, not %d",
+                        self.source, meta.max_det, meta.max_det, max_det)
         self.names: list[str] = list(meta.names)
         self.resize_mode = meta.resize_mode
         self.stride = int(meta.stride)
@@ -142,7 +151,7 @@ class Predictor:
         labels = labels.astype(np.int64)
         valid = (scores > 0) & (labels >= 0) & (labels < len(thresholds))
         keep = valid & (scores >= thresholds[np.clip(labels, 0, len(thresholds) - 1)])
-        order = np.argsort(-scores[keep], kind="stable")
+        order = np.argsort(-scores[keep], kind="stable")[: self.max_det]
         return Detections(boxes_to_original(boxes[keep][order], placement), scores[keep][order], labels[keep][order])
 
 

@@ -193,23 +193,46 @@ def _check_size(json_path: Path, img: dict, size: tuple[int, int], log: ProblemL
             f"{img.get('file_name')}: json says {declared[0]}x{declared[1]}, the image is {size[0]}x{size[1]}{hint}")
 
 
+def coco_ids(data: DetectionData, samples: list[Sample]) -> tuple[list, list[int]]:
+    """(image id of each sample, category id of each class) of a COCO ground truth for
+    ``samples``: the annotation file's own ids where the data came from COCO, else 1..N in
+    sample order and 1..K (what ``write_coco`` writes)."""
+    image_ids = [s.image_id for s in samples]
+    if any(i is None for i in image_ids) or len(set(image_ids)) != len(image_ids):
+        image_ids = list(range(1, len(samples) + 1))
+    category_ids = list(data.category_ids) if data.category_ids else list(range(1, len(data.names) + 1))
+    return image_ids, category_ids
+
+
+def coco_ground_truth(samples: list[Sample], names: list[str], image_ids: list, category_ids: list[int],
+                      file_names: list[str] | None = None) -> dict:
+    """A COCO dataset dict (images, annotations with crowd regions as ``iscrowd: 1``,
+    categories) for ``samples``. Boxes are written as exact float64 xywh of the float32 boxes,
+    so ``x + w`` gives the box back bit for bit; ``area`` is ``w * h``."""
+    categories = [{"id": int(c), "name": n, "supercategory": "none"} for c, n in zip(category_ids, names)]
+    images, annotations = [], []
+    for i, (s, image_id) in enumerate(zip(samples, image_ids)):
+        name = file_names[i] if file_names is not None else s.image_path.name
+        images.append({"id": image_id, "file_name": name, "width": s.width, "height": s.height})
+        for boxes, labels, crowd in ((s.boxes, s.labels, 0), (s.crowd_boxes, s.crowd_labels, 1)):
+            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
+                w, h = x2 - x1, y2 - y1
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": int(category_ids[label]), "bbox": [x1, y1, w, h], "area": w * h,
+                                    "iscrowd": crowd})
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
 def write_coco(data: DetectionData, out: Path, link: bool = False) -> Path:
     out = prepare_output(out)
     (out / "annotations").mkdir()
-    categories = [{"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(data.names)]
+    category_ids = list(range(1, len(data.names) + 1))
     for split, samples in data.splits.items():
         namer = FileNamer()
-        images, annotations = [], []
-        for image_id, s in enumerate(samples, 1):
-            name = namer.name(s.image_path)
+        names = [namer.name(s.image_path) for s in samples]
+        for s, name in zip(samples, names):
             place_image(s.image_path, out / "images" / split / name, link)
-            images.append({"id": image_id, "file_name": name, "width": s.width, "height": s.height})
-            for boxes, labels, crowd in ((s.boxes, s.labels, 0), (s.crowd_boxes, s.crowd_labels, 1)):
-                for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
-                    w, h = x2 - x1, y2 - y1
-                    annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                                        "bbox": [x1, y1, w, h], "area": w * h, "iscrowd": crowd})
+        doc = coco_ground_truth(samples, data.names, list(range(1, len(samples) + 1)), category_ids, names)
         (out / "images" / split).mkdir(parents=True, exist_ok=True)
-        doc = {"images": images, "annotations": annotations, "categories": categories}
         (out / "annotations" / f"instances_{split}.json").write_text(json.dumps(doc), encoding="utf-8")
     return out
