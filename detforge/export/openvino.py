@@ -8,7 +8,8 @@ from pathlib import Path
 from detforge.export.metadata import ExportMetadata, write_openvino_metadata
 
 LOG = logging.getLogger("detforge")
-INSTALL_HINT = "OpenVINO is not installed (an optional runtime): pip install openvino  (or pip install 'detforge[export]')"
+INSTALL_HINT = ("OpenVINO is not installed (an optional runtime): pip install openvino  "
+                "(or pip install 'detforge[export]')")
 
 
 def require_openvino():
