@@ -16,7 +16,7 @@ from detforge.data.formats import load_dataset
 from detforge.data.loader import build_dataloader
 from detforge.data.polygons import rasterize
 from detforge.engine.validator import evaluate
-from detforge.records import Sample
+from detforge.records import Detections, Sample
 
 COLOURS = [(230, 20, 20), (20, 230, 20)]
 
@@ -100,3 +100,24 @@ def test_box_only_family_trains_one_step_on_a_dataset_with_outlines(synthetic_ro
         loss.backward()
         assert torch.isfinite(loss) and loss.item() > 0
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_drawn_masks_tint_their_pixels_only(tmp_path):
+    from detforge.data.preview import save_batch_preview
+    from detforge.eval.plots import plot_predictions
+    from detforge.infer.draw import class_color, draw_detections
+
+    img = np.full((60, 80, 3), 100, np.uint8)
+    masks = np.zeros((1, 60, 80), np.uint8)
+    masks[0, 20:40, 30:50] = 1
+    det = Detections([[25, 15, 55, 45]], [0.9], [2], masks)
+    out = draw_detections(img, det, ["a", "b", "c"], line_width=1)
+    colour = np.array(class_color(2))
+    np.testing.assert_array_equal(out[30, 40], np.round(100 * 0.55 + colour * 0.45).astype(np.uint8))
+    assert (out[5:10, 5:10] == 100).all()  # away from the box and mask: untouched
+    plot_predictions([img], [(np.array([[30, 20, 50, 40]]), np.array([2]))], [det], ["a", "b", "c"],
+                     tmp_path / "pred.png")
+    target = {"boxes": torch.tensor([[30.0, 20, 50, 40]]), "labels": torch.tensor([1]),
+              "masks": torch.from_numpy(masks)}
+    save_batch_preview(torch.from_numpy(img).permute(2, 0, 1)[None], [target], ["a", "b"], tmp_path / "batch.png")
+    assert (tmp_path / "pred.png").stat().st_size > 0 and (tmp_path / "batch.png").stat().st_size > 0

@@ -1,4 +1,5 @@
-"""A grid of batch images with their boxes and class names, for a user to look at."""
+"""A grid of batch images with their boxes, class names and (for mask models) masks, for a
+user to look at."""
 
 from __future__ import annotations
 
@@ -42,6 +43,13 @@ def draw_boxes(img: np.ndarray, boxes: np.ndarray, labels: np.ndarray, names: li
     return out
 
 
+def _tint_masks(img: np.ndarray, masks: np.ndarray, labels: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    out = img.copy()
+    for m, label in zip(masks.astype(bool), labels):
+        out[m] = (out[m] * (1 - alpha) + np.array(class_color(int(label)), np.float32) * alpha + 0.5).astype(np.uint8)
+    return out
+
+
 def save_batch_preview(images: torch.Tensor, targets: list[dict], names: list[str], path,
                        max_images: int = 16) -> Path:
     """Draw up to ``max_images`` images [B, 3, S, S] with their boxes in a grid; write a PNG."""
@@ -56,6 +64,8 @@ def save_batch_preview(images: torch.Tensor, targets: list[dict], names: list[st
         img = _to_uint8_hwc(images[i])
         boxes = targets[i]["boxes"].detach().cpu().numpy().reshape(-1, 4)
         labels = targets[i]["labels"].detach().cpu().numpy().reshape(-1)
+        if "masks" in targets[i]:  # a mask model's targets: each object's mask tinted in its class colour
+            img = _tint_masks(img, targets[i]["masks"].detach().cpu().numpy(), labels)
         r, c = divmod(i, cols)
         grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = draw_boxes(img, boxes, labels, names)
         cv2.rectangle(grid, (c * w, r * h), ((c + 1) * w - 1, (r + 1) * h - 1), (255, 255, 255), 1)

@@ -24,7 +24,7 @@ from detforge.records import Detections, Sample
 GT_COLOR = (0, 200, 0)  # RGB green
 PRED_COLOR = (30, 110, 255)  # RGB blue
 MAX_LEGEND_CLASSES = 20
-METRIC_COLUMNS = ("map50_95", "map50", "precision", "recall", "f1", "iou")
+METRIC_COLUMNS = ("map50_95", "map50", "precision", "recall", "f1", "iou", "segm_map50_95", "segm_map50")
 
 
 def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.4, 4.8)) -> tuple[Figure, np.ndarray]:
@@ -158,7 +158,8 @@ def _read_numeric_csv(path: Path) -> dict[str, np.ndarray]:
 
 def plot_results(metrics_csv: Path, out: Path) -> Path:
     """Grid of per-epoch curves from the run's metrics.csv: every loss column, lr, then
-    map50_95, map50, precision, recall, f1, iou (those present)."""
+    map50_95, map50, precision, recall, f1, iou and, for mask models, segm_map50_95 and
+    segm_map50 (those present)."""
     columns = _read_numeric_csv(metrics_csv)
     losses = [c for c in columns if "loss" in c.lower()]
     lrs = [c for c in columns if c.lower() == "lr" or c.lower().startswith("lr/") or c.lower().startswith("lr_")]
@@ -246,6 +247,15 @@ def _tile(image: np.ndarray, size: int) -> tuple[np.ndarray, float, int, int]:
     return tile, scale, left, top
 
 
+def _tint(tile: np.ndarray, mask: np.ndarray, scale: float, dx: int, dy: int, color, alpha: float = 0.4) -> None:
+    """Blend ``color`` into ``tile`` over ``mask`` (in image pixels, placed as ``_tile`` placed the image)."""
+    h, w = mask.shape
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    m = cv2.resize(mask.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST).astype(bool)
+    region = tile[dy:dy + nh, dx:dx + nw]
+    region[m] = (region[m] * (1 - alpha) + np.array(color, np.float32) * alpha + 0.5).astype(np.uint8)
+
+
 def plot_predictions(
     images: Sequence[np.ndarray],
     gts: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -256,7 +266,8 @@ def plot_predictions(
     tile_size: int = 480,
 ) -> Path:
     """Grid of images (RGB uint8) with ground truth in green and predictions with
-    ``score >= conf`` in blue, labelled with class and score."""
+    ``score >= conf`` in blue, labelled with class and score (their masks tinted blue when
+    the detections carry masks)."""
     if not (len(images) == len(gts) == len(dets)):
         raise ValueError(f"{out}: {len(images)} images, {len(gts)} ground truths, {len(dets)} detections")
     n = len(images)
@@ -275,6 +286,8 @@ def plot_predictions(
         gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4) * scale + offset
         _draw_boxes(tile, gt_boxes, np.asarray(gt_labels, np.int64).reshape(-1), names, GT_COLOR)
         shown = det.above(conf)
+        if shown.masks is not None and len(shown.masks):
+            _tint(tile, shown.masks.any(0), scale, dx, dy, PRED_COLOR)
         _draw_boxes(tile, shown.boxes * scale + offset, shown.labels, names, PRED_COLOR, shown.scores)
         r, c = divmod(i, cols)
         canvas[header + r * tile_size: header + (r + 1) * tile_size, c * tile_size:(c + 1) * tile_size] = tile

@@ -1,6 +1,8 @@
 """One calling convention over every runtime: ``backend(images [B,3,H,W] float 0..1 numpy)``
 -> (boxes [B,K,4] xyxy input px, scores [B,K], labels [B,K]) as numpy, K fixed per model,
-rows past the detections have score 0. The backend follows from the file's suffix:
+rows past the detections have score 0; a mask model adds a fourth output, ``masks``
+[B,K,M,M]: each detection's mask probabilities inside its box (RoI resolution), which the
+Predictor pastes into the image (``detforge.models.masks.paste_masks``). The backend follows from the file's suffix:
 .pt torch, .onnx onnxruntime, .xml OpenVINO, .engine TensorRT (``backend=`` overrides,
 e.g. OpenVINO can run an .onnx directly)."""
 
@@ -58,8 +60,9 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def __call__(self, images: np.ndarray):
         x = torch.from_numpy(images).to(self.device, torch.float16 if self.half else torch.float32)
-        boxes, scores, labels = self.model.export_forward(x, self.meta.max_det)
-        return boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
+        boxes, scores, labels, *masks = self.model.export_forward(x, self.meta.max_det)
+        out = boxes.float().cpu().numpy(), scores.float().cpu().numpy(), labels.cpu().numpy()
+        return out + tuple(m.float().cpu().numpy() for m in masks[:1])
 
 
 def load_torch_checkpoint(path: Path, device: torch.device, threads: int | None = None,
@@ -105,11 +108,14 @@ class OnnxRuntimeBackend(Backend):
         self.input_dtype = np.float16 if "float16" in inp.type else np.float32
         self.dynamic_hw = not all(isinstance(d, int) for d in inp.shape[2:])
         self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.output_names = [o.name for o in self.session.get_outputs()][:3]
+        names = [o.name for o in self.session.get_outputs()]
+        self.output_names = names[:3] + [n for n in names[3:] if n == "masks"]
 
     def __call__(self, images: np.ndarray):
-        boxes, scores, labels = self.session.run(self.output_names, {self.input_name: images.astype(self.input_dtype, copy=False)})
-        return boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64)
+        boxes, scores, labels, *masks = self.session.run(
+            self.output_names, {self.input_name: images.astype(self.input_dtype, copy=False)})
+        return (boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64),
+                *(m.astype(np.float32) for m in masks))
 
 
 def openvino_precision_config(half: bool) -> dict[str, str]:
@@ -140,11 +146,13 @@ class OpenVINOBackend(Backend):
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16, f16
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(i) for i in range(3)]
+        self.outputs += [o for o in self.compiled.outputs[3:] if "masks" in o.get_names()]
 
     def __call__(self, images: np.ndarray):
         result = self.request.infer({0: images})
-        boxes, scores, labels = (result[o] for o in self.outputs)
-        return boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64)
+        boxes, scores, labels, *masks = (result[o] for o in self.outputs)
+        return (boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64),
+                *(m.astype(np.float32) for m in masks))
 
 
 class TensorRTBackend(Backend):
@@ -167,7 +175,7 @@ class TensorRTBackend(Backend):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_name = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         outputs = [n for n in names if n != self.input_name]
-        self.output_names = [n for n in ("boxes", "scores", "labels") if n in outputs] or outputs[:3]
+        self.output_names = [n for n in ("boxes", "scores", "labels", "masks") if n in outputs] or outputs[:3]
         shape = self.engine.get_tensor_shape(self.input_name)
         self.dynamic_hw = shape[2] == -1 or shape[3] == -1
         self.fixed_batch = None if shape[0] == -1 else int(shape[0])
@@ -189,8 +197,9 @@ class TensorRTBackend(Backend):
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError("TensorRT execution failed")
         stream.synchronize()
-        boxes, scores, labels = (o.cpu().numpy() for o in outs)
-        return boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64)
+        boxes, scores, labels, *masks = (o.cpu().numpy() for o in outs)
+        return (boxes.astype(np.float32), scores.astype(np.float32), labels.astype(np.int64),
+                *(m.astype(np.float32) for m in masks))
 
 
 def resolve_device(device: str | None) -> torch.device:
