@@ -9,6 +9,14 @@
   Checkpoints hold the gathered weights (for val / predict / export) and the sharded
   model + optimizer state in a torch.distributed.checkpoint folder (for resume).
 
+Every mode needs a gradient for every trainable parameter on every rank at each synchronised
+step: DDP all-reduces fixed buckets and waits for each parameter's gradient, FSDP2
+reduce-scatters the gradients that exist (a rank with fewer sends fewer bytes). A model whose
+batch can leave a parameter out of the loss keeps it in with a zero-weighted term (see
+``DetectionModel.find_unused_parameters``); ``gradient_sync`` names such a parameter instead of
+letting the other ranks wait, and a collective that still waits longer than ``dist_timeout``
+fails with the rank and the operation (``distributed.collective``).
+
 The trainer touches the mode only through the functions here.
 """
 
@@ -25,6 +33,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from detforge.engine import distributed as dist_utils
+from detforge.engine.distributed import DistributedError, collective
 from detforge.engine.ema import unwrap_model
 
 LOG = logging.getLogger("detforge")
@@ -70,12 +80,16 @@ def wrap_model(model: nn.Module, cfg, device: torch.device) -> nn.Module:
     if mode not in PARALLEL_MODES:
         raise ValueError(f"parallel={mode!r}: allowed values are {', '.join(PARALLEL_MODES)}")
     model = convert_sync_bn(model, device, cfg.sync_bn)
+    find_unused = bool(getattr(unwrap_model(model), "find_unused_parameters", False))
+    if mode == "fsdp" and find_unused:
+        raise ValueError(f"parallel=fsdp: {type(unwrap_model(model)).__name__} leaves some parameters out of the loss "
+                         "on some batches (find_unused_parameters), and FSDP cannot reduce gradients that only some "
+                         "ranks have; use parallel=ddp or zero1")
     if mode == "fsdp":
         reshard = bool(getattr(cfg, "fsdp_reshard", True))
         LOG.info("parallel=fsdp: FSDP2 fully_shard, reshard_after_forward=%s", reshard)
         return shard_model(model, device, reshard_after_forward=reshard)
     ids = [device.index] if device.type == "cuda" else None
-    find_unused = bool(getattr(unwrap_model(model), "find_unused_parameters", False))
     return DDP(model, device_ids=ids, find_unused_parameters=find_unused)
 
 
@@ -135,10 +149,53 @@ def ema_source(model: nn.Module) -> nn.Module:
     return GatheredView(model) if is_fsdp(model) else model
 
 
+_STEP_HINT = ("a parameter that got no gradient on one rank (every parameter must take part in every rank's "
+              "loss) is the usual cause")
+
+
 @contextlib.contextmanager
 def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce / reduce-scatter on accumulation micro-steps that are not
-    the last: DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync``."""
+    """Run one forward/backward. ``enabled=False`` skips the gradient all-reduce /
+    reduce-scatter on accumulation micro-steps that are not the last (DDP's ``no_sync``, FSDP2's
+    ``set_requires_gradient_sync``). In a distributed run a timed-out or broken collective inside
+    becomes a DistributedError naming the rank, and after a synchronised DDP backward a
+    parameter without gradient is named at once (the other ranks would wait for it)."""
+    if not dist_utils.is_initialized():
+        with _gradient_sync(model, enabled):
+            yield
+        return
+    with collective("forward/backward (gradient sync)", _STEP_HINT), _gradient_sync(model, enabled):
+        yield
+    if enabled and isinstance(model, DDP) and not model.find_unused_parameters:
+        check_all_gradients(model.module)
+
+
+def check_all_gradients(model: nn.Module) -> None:
+    """Raise if a backward gave gradients to some trainable parameters but not to others.
+
+    Under DDP that rank leaves backward without all-reducing the bucket that holds the missing
+    parameter while the other ranks wait for it: the run would hang until ``dist_timeout``.
+    Nothing is raised when no parameter has a gradient (no backward ran, e.g. a skipped step)."""
+    missing, present = [], 0
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            if p.grad is None:
+                missing.append(name)
+            else:
+                present += 1
+    if missing and present:
+        rank = f"rank {torch.distributed.get_rank()} of {torch.distributed.get_world_size()}"
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DistributedError(
+            f"{rank}: {len(missing)} of {len(missing) + present} trainable parameters got no gradient in this "
+            f"step ({shown}), so the other ranks wait for them in DDP's all-reduce: {type(model).__name__} must "
+            "keep every parameter in the loss on every batch (a zero-weighted term) or set "
+            "find_unused_parameters = True")
+
+
+@contextlib.contextmanager
+def _gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """The mode's own switch for skipping the gradient reduction (nothing when ``enabled``)."""
     if enabled:
         yield
     elif is_fsdp(model):
@@ -154,6 +211,7 @@ def gradient_sync(model: nn.Module, enabled: bool) -> Iterator[None]:
         yield
 
 
+@collective("model_state_dict (gathering sharded weights)")
 def model_state_dict(model: nn.Module, all_ranks: bool = True) -> dict[str, torch.Tensor]:
     """Plain (unsharded) weights. Under FSDP this gathers: call it on every rank; with
     ``all_ranks=False`` only rank 0 receives the tensors (on CPU), the others an empty dict."""
@@ -164,6 +222,7 @@ def model_state_dict(model: nn.Module, all_ranks: bool = True) -> dict[str, torc
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks))
 
 
+@collective("load_model_state_dict")
 def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load plain weights into a plain, DDP-wrapped or FSDP-sharded model (every rank calls it)."""
     if not is_fsdp(model):
@@ -174,6 +233,7 @@ def load_model_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> N
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
+@collective("optimizer_state_dict (consolidating optimizer shards)")
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """The optimizer state for a single-file checkpoint, on rank 0. Every rank must call it:
     ZeRO consolidates the shards on rank 0 (the other ranks get None). Under FSDP the state
@@ -188,6 +248,7 @@ def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     return optimizer.state_dict()
 
 
+@collective("save_sharded (distributed checkpoint)")
 def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str | Path) -> None:
     """FSDP: each rank writes its shard of model + optimizer state (torch.distributed.checkpoint)."""
     import torch.distributed.checkpoint as dcp
@@ -197,6 +258,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(folder))
 
 
+@collective("load_sharded (distributed checkpoint)")
 def load_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str | Path) -> None:
     """Inverse of ``save_sharded`` (the world size may differ: DCP reshards on load)."""
     import torch.distributed.checkpoint as dcp

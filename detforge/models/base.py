@@ -34,6 +34,14 @@ class DetectionModel(nn.Module):
     backbone_prefixes: tuple[str, ...] = ("backbone.",)
     # instance masks in targets and outputs (two-stage mask heads)
     supports_masks: bool = False
+    # Data-parallel training needs a gradient for every trainable parameter on every rank at
+    # every step. A part that a batch can leave out of the loss (e.g. a head used only when the
+    # batch has boxes, when a rank's images are all background) should stay in with a
+    # zero-weighted term (``loss + part.sum() * 0``): an exact zero gradient, as DDP would give
+    # it, and DDP keeps its fast fixed buckets. Only a family that cannot do that sets this:
+    # DDP then walks the autograd graph every step to find unused parameters (slower), and
+    # parallel=fsdp is refused.
+    find_unused_parameters: bool = False
 
     def __init__(self, num_classes: int) -> None:
         super().__init__()
