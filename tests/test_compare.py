@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,27 @@ def test_cli_refuses_a_comparison_without_models(capsys):
 
 
 # ------------------------------------------------------------------ a real comparison
+@contextmanager
+def detforge_log():
+    """Messages of the "detforge" logger while the block runs (once the command line has set it
+    up it no longer propagates to the root logger, where pytest's log capture listens)."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log, handler = logging.getLogger("detforge"), Collect(logging.INFO)
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+
+
 def _compare(root: Path, project: Path, models: str) -> int:
     from detforge.compare import compare_command
 
@@ -154,7 +176,7 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
-def test_tiny_comparison_files_front_and_resume(synthetic_root, tmp_path, caplog):
+def test_tiny_comparison_files_front_and_resume(synthetic_root, tmp_path):
     out, tag = tmp_path / "cmp", synthetic_root.name  # a dataset's folder is named after it
     # first call: one model, which finishes
     assert _compare(synthetic_root, tmp_path, "fcos-n") == 0
@@ -163,9 +185,9 @@ def test_tiny_comparison_files_front_and_resume(synthetic_root, tmp_path, caplog
     assert len(_csv(fcos / "metrics.csv")) == 1
 
     # second call adds a model: fcos-n is not trained again, dfine-n is
-    with caplog.at_level(logging.INFO, logger="detforge"):
+    with detforge_log() as log:
         assert _compare(synthetic_root, tmp_path, "fcos-n,dfine-n") == 0
-    assert "compare: fcos-n finished earlier (1 epochs" in caplog.text
+    assert any(line.startswith("compare: fcos-n finished earlier (1 epochs") for line in log)
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     dfine = out / tag / "dfine-n"
     assert len(_csv(dfine / "metrics.csv")) == 1 and (dfine / "weights/best.pt").is_file()
@@ -195,9 +217,19 @@ def test_tiny_comparison_files_front_and_resume(synthetic_root, tmp_path, caplog
 
     # an interrupted run (no metrics.json after its last.pt) resumes from last.pt; the finished one stays
     (dfine / "metrics.json").unlink()
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger="detforge"):
+    with detforge_log() as log:
         assert _compare(synthetic_root, tmp_path, "fcos-n,dfine-n") == 0
-    assert f"compare: dfine-n resumes from {dfine / 'weights' / 'last.pt'} (epoch 1 of 1)" in caplog.text
+    assert f"compare: dfine-n resumes from {dfine / 'weights' / 'last.pt'} (epoch 1 of 1)" in log
     assert (dfine / "metrics.json").is_file() and len(_csv(dfine / "metrics.csv")) == 1
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
+
+    # runs= ranks finished run folders as they are, at their own image size, without training
+    from detforge.compare import compare_command
+
+    values = {"data": str(synthetic_root), "runs": str(fcos), "latency_iters": 2, "threads": 1, "workers": 0,
+              "device": "cpu", "project": str(tmp_path), "name": "taken"}
+    assert compare_command(TrainConfig(**values), set(values)) == 0
+    taken = _csv(tmp_path / "taken" / "compare.csv")
+    assert [(r["model"], r["imgsz"], r["run_dir"]) for r in taken] == [("fcos-n", "128", str(fcos))]
+    assert float(taken[0]["map50_95"]) == pytest.approx(float(rows[0]["map50_95"]), abs=1e-6)
+    assert not (tmp_path / "taken" / tag / "fcos-n").exists()
