@@ -13,9 +13,12 @@ optimizer is about to multiply each update by:
   unless ``adapt_all``).
 
 Rows go to a CSV (``step, group_or_layer, trust_ratio``): one per parameter tensor (its name)
-and one per module group (``group/backbone``, ``group/encoder``, ``group/decoder``,
-``group/head``, ``group/other``) holding the mean over that group's adapted tensors (the
-excluded ones are fixed at 1 and would only flatten the curve). With a TensorBoard writer the
+and one per module group holding the mean over that group's adapted tensors (the excluded
+ones are fixed at 1 and would only flatten the curve). The groups are the model's own
+``module_groups`` when it declares them (a two-stage detector: ``group/backbone``,
+``group/fpn``, ``group/rpn``, ``group/roi_box_head``, ``group/roi_mask_head``, the modules of
+CoolDet's figures), else ``group/backbone``, ``group/encoder``, ``group/decoder``,
+``group/head``, ``group/other`` by name. With a TensorBoard writer the
 same values go to ``trust_ratio/group/<g>`` and ``trust_ratio/layer/<name>``.
 
 Under FSDP2 the parameters are DTensors and their norms are collectives: call ``maybe_log`` on
@@ -41,8 +44,13 @@ CSV_HEADER = ("step", "group_or_layer", "trust_ratio")
 GROUP_PREFIX = "group/"
 
 
-def module_group(name: str, backbone_prefixes: tuple[str, ...] = ("backbone.",)) -> str:
-    """backbone / encoder / decoder / head / other, from a parameter's name."""
+def module_group(name: str, backbone_prefixes: tuple[str, ...] = ("backbone.",),
+                 declared: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> str:
+    """The log group of a parameter: the first of the model's ``module_groups`` (``declared``)
+    with a prefix of ``name`` ("other" if none), or, for a model that declares none,
+    backbone / encoder / decoder / head / other from the name."""
+    if declared:
+        return next((group for group, prefixes in declared if name.startswith(tuple(prefixes))), "other")
     if name.startswith(backbone_prefixes):
         return "backbone"
     first = name.split(".", 1)[0].lower()
@@ -106,8 +114,9 @@ class TrustRatioLogger:
         self.write = write
         net = unwrap_model(model)
         prefixes = tuple(getattr(net, "backbone_prefixes", ("backbone.",)))
+        declared = tuple(getattr(net, "module_groups", ()) or ())
         self.names = {id(p): n for n, p in net.named_parameters()}
-        self.groups = {n: module_group(n, prefixes) for n in self.names.values()}
+        self.groups = {n: module_group(n, prefixes, declared) for n in self.names.values()}
         self._skipped_warned = False
 
     # ------------------------------------------------------------------ ratios

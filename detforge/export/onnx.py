@@ -58,7 +58,9 @@ def export_onnx(
     height, width = meta.imgsz
     example = torch.rand(max(1, batch), 3, height, width, device=device, dtype=dtype)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
-    dynamic_axes = {INPUT_NAME: axes, **{name: {0: "batch"} for name in OUTPUT_NAMES}}
+    # a model with more outputs (instance masks) names them itself
+    output_names = tuple(getattr(model, "export_output_names", OUTPUT_NAMES))
+    dynamic_axes = {INPUT_NAME: axes, **{name: {0: "batch"} for name in output_names}}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
@@ -69,7 +71,7 @@ def export_onnx(
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(
             graph, (example,), str(out), dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic_axes,
+            input_names=[INPUT_NAME], output_names=list(output_names), dynamic_axes=dynamic_axes,
         )
     proto = onnx.load(str(out))
     onnx.checker.check_model(proto)

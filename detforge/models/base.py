@@ -34,6 +34,12 @@ class DetectionModel(nn.Module):
     backbone_prefixes: tuple[str, ...] = ("backbone.",)
     # instance masks in targets and outputs (two-stage mask heads)
     supports_masks: bool = False
+    # per-module logs (LARS/LAMB trust ratios): ordered (group, parameter-name prefixes); a
+    # parameter joins the first group with a matching prefix, "other" if none. Empty: the
+    # engine's rule by name (backbone_prefixes -> backbone, then encoder/neck, decoder, head)
+    module_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # names of export_forward's outputs in exported graphs (a mask model adds "masks")
+    export_output_names: tuple[str, ...] = ("boxes", "scores", "labels")
     # Data-parallel training needs a gradient for every trainable parameter on every rank at
     # every step. A part that a batch can leave out of the loss (e.g. a head used only when the
     # batch has boxes, when a rank's images are all background) should stay in with a
