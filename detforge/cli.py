@@ -39,15 +39,12 @@ def cmd_train(argv: list[str]) -> int:
     from detforge.engine.trainer import Trainer
     from detforge.resolve import resolve_train_config
 
-    resolved = resolve_train_config(parse_args(argv))
-    from detforge.hub import resolve_in_config
-
-    resolved.cfg = resolve_in_config(resolved.cfg)  # pretrained=NAME -> its downloaded file, before any worker starts
+    resolved = resolve_train_config(parse_args(argv))  # pretrained=NAME is fetched there, once
     if "," in resolved.cfg.device:  # from the command line or the cfg file
         from detforge.engine.launch import maybe_launch_torchrun
 
         args = [a for a in argv if not a.startswith(("device=", "pretrained="))] + [f"device={resolved.cfg.device}"]
-        args += [f"pretrained={resolved.cfg.pretrained}"] if resolved.cfg.pretrained else []
+        args += [f"pretrained={resolved.cfg.pretrained}"] if resolved.cfg.pretrained else []  # the fetched file
         code = maybe_launch_torchrun(["train", *args], resolved.cfg.device)
         if code is not None:
             return code

@@ -39,11 +39,3 @@ def resolve_pretrained(model: str, value: str | None, progress: bool = True) -> 
     raise ValueError(f"pretrained={text}: not a file and not a published name; {available} "
                      "(see `detforge models`)")
 
-
-def resolve_in_config(cfg):
-    """The config with ``pretrained`` turned into a local path (the same object when nothing
-    changes). Called once where a run's config is resolved, before any weights are loaded."""
-    if not getattr(cfg, "pretrained", None):
-        return cfg
-    path = resolve_pretrained(cfg.model, cfg.pretrained)
-    return cfg if path == cfg.pretrained else cfg.model_copy(update={"pretrained": path})
