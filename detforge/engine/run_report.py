@@ -16,11 +16,7 @@ def store_class_thresholds(evaluator, best: Path, names: list[str], conf: float)
     from detforge.engine.checkpoint import update_checkpoint
     from detforge.eval import threshold
 
-    chooser = getattr(threshold, "best_f1_thresholds", None)
-    if chooser is not None:
-        chosen = chooser(evaluator.curves(), names, conf)
-    else:  # pragma: no cover - older evaluators
-        chosen = [float(conf)] * len(names)
+    chosen = threshold.best_f1_thresholds(evaluator.curves(), names, conf)
     update_checkpoint(best, class_conf=chosen)
     LOG.info("per-class confidence thresholds (best F1 on val): %s",
              ", ".join(f"{n} {c:.2f}" for n, c in zip(names, chosen)))

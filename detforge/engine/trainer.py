@@ -102,8 +102,7 @@ class Trainer:
         self.weights_dir, self.plots_dir = self.save_dir / "weights", self.save_dir / "plots"
         self.model.to(self.device)
         masks = bool(getattr(self.model, "supports_masks", False))
-        self.train_set = DetectionDataset(train_samples, cfg, train=True, cache=cfg.cache,
-                                          **({"masks": True} if masks else {}))
+        self.train_set = DetectionDataset(train_samples, cfg, train=True, cache=cfg.cache, masks=masks)
         self.val_set = DetectionDataset(val_samples, cfg, train=False, cache=cfg.cache)
         self.batch_size = self._resolve_batch()
         per_rank = max(1, self.batch_size // self.dist.world_size) if self.dist.enabled else self.batch_size
