@@ -121,3 +121,42 @@ def test_drawn_masks_tint_their_pixels_only(tmp_path):
               "masks": torch.from_numpy(masks)}
     save_batch_preview(torch.from_numpy(img).permute(2, 0, 1)[None], [target], ["a", "b"], tmp_path / "batch.png")
     assert (tmp_path / "pred.png").stat().st_size > 0 and (tmp_path / "batch.png").stat().st_size > 0
+
+
+class ColourMaskExport(ColourMaskModel):
+    """The same stand-in as an exported mask model: fixed K rows and RoI mask probabilities
+    [B, K, 28, 28] inside each box (what a two-stage model's export_forward returns)."""
+
+    def export_forward(self, x, max_det=300):
+        from torchvision.ops import roi_align
+
+        res = self.postprocess(x, x.shape[-2:])
+        boxes = torch.stack([r["boxes"] for r in res])
+        roi = torch.stack([torch.cat([roi_align(r["masks"][k][None, None].float(), [r["boxes"][k:k + 1]], (28, 28),
+                                                1.0, 2, True)[:, 0] for k in range(len(r["boxes"]))]) for r in res])
+        return boxes, torch.stack([r["scores"] for r in res]), torch.stack([r["labels"] for r in res]), roi
+
+
+def test_predict_pastes_masks_and_writes_yolo_seg_and_rle(tmp_path):
+    pytest.importorskip("detforge.models.masks", reason="RoI masks are pasted by the mask family's helper")
+    from detforge.infer.commands import coco_results, yolo_lines
+    from detforge.infer.predictor import Predictor
+
+    samples = _painted_samples(tmp_path, n=2)
+    image = cv2.cvtColor(cv2.imread(str(samples[0].image_path)), cv2.COLOR_BGR2RGB)
+    predictor = Predictor.from_model(ColourMaskExport(), ["star", "disc"], imgsz=128, resize_mode="letterbox",
+                                     conf=0.5, device="cpu")
+    (det,) = predictor.predict(image)
+    assert det.masks is not None and det.masks.shape == (2, 120, 160)
+    for mask, label, rings in zip(det.masks.astype(bool), det.labels, samples[0].polygons):
+        truth = rasterize(rings, 120, 160)
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.85, label
+    lines = yolo_lines(det, 160, 120)
+    values = np.array(lines[0].split()[1:-1], float).reshape(-1, 2) * [160, 120]
+    traced = rasterize([values], 120, 160)
+    assert (traced == det.masks[0].astype(bool)).mean() > 0.995  # the line holds the mask
+    rows = coco_results(det, 1, ["star", "disc"])
+    import faster_coco_eval.core.mask as coco_mask
+
+    assert rows[0]["segmentation"]["size"] == [120, 160]
+    np.testing.assert_array_equal(coco_mask.decode(rows[0]["segmentation"]), det.masks[0])

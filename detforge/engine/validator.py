@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from detforge.data.polygons import masks_to_original
 from detforge.engine import distributed as dist_utils
-from detforge.eval.coco import encode_masks, outline_segmentation
+from detforge.eval.coco import encode_masks, object_areas, outline_segmentation
 from detforge.eval.evaluator import Evaluator
 from detforge.records import Detections
 
@@ -96,8 +96,10 @@ def evaluate(model, loader, names, conf, iou_thr, device, amp_dtype=None, max_de
             if masks:  # an object without an outline counts with its box as its mask
                 outlines = s.polygons if s.polygons is not None else [[]] * len(s.boxes)
                 segms = {"gt_segms": [outline_segmentation(r, b) for r, b in zip(outlines, s.boxes)], "det_segms": rles}
-            # crowd regions (COCO iscrowd=1) reach the evaluator as ignore regions
+            # crowd regions (COCO iscrowd=1) reach the evaluator as ignore regions; an object
+            # with an outline is sized by its mask's area (COCO's "area") for small/medium/large
             evaluator.add(s.boxes, s.labels, det, (s.height, s.width),
+                          gt_areas=object_areas(s.boxes, s.polygons, s.height, s.width),
                           crowd_boxes=s.crowd_boxes, crowd_labels=s.crowd_labels, **segms)
         result = (evaluator.compute(), evaluator, {idx: det for idx, (det, _) in merged.items()})
     metrics = dist_utils.broadcast_object(result[0] if result else None)

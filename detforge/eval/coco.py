@@ -48,6 +48,17 @@ def outline_segmentation(rings, box) -> list[list[float]]:
     return polys or box_polygon(box)
 
 
+def object_areas(boxes: np.ndarray, polygons: list | None, height: int, width: int) -> np.ndarray | None:
+    """COCO's ``area`` of each object: its outline's mask area (as pycocotools rasterises the
+    polygon) where it has an outline, else its box's; None when the sample has no outlines at
+    all (callers then use ``w * h``, the box-only convention)."""
+    if polygons is None:
+        return None
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    return np.array([segmentation_area(outline_segmentation(rings, b), height, width) if rings
+                     else (b[2] - b[0]) * (b[3] - b[1]) for rings, b in zip(polygons, boxes)], np.float64)
+
+
 def encode_masks(masks: np.ndarray) -> list[dict]:
     """Binary masks [K, H, W] -> COCO RLEs (``counts`` as text, ready for json)."""
     masks = np.asarray(masks, np.uint8)

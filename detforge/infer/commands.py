@@ -1,7 +1,9 @@
 """`detforge predict model=FILE source=IMAGE|DIR|VIDEO|GLOB [conf=] [imgsz=] [save=] [save_txt=] [save_json=]`.
 
 Writes into runs/predict/NAME/: drawn images (videos as .mp4), ``labels/STEM.txt`` (YOLO:
-``class cx cy w h conf`` normalised to the image), ``predictions.json`` (COCO results).
+``class cx cy w h conf`` normalised to the image), ``predictions.json`` (COCO results). A mask
+model's detections also carry their masks: drawn filled, written as YOLO-seg lines
+(``class x1 y1 ... conf``) and as COCO RLE ``segmentation``.
 
 When the source is a dataset (``source=`` a dataset folder or data.yaml, or ``data=`` without
 ``source=``), predict runs on its ``split=`` and ``predictions.json`` uses the dataset's own
@@ -23,6 +25,8 @@ import cv2
 from tqdm import tqdm
 
 from detforge.config import ConfigError, TrainConfig
+from detforge.data.polygons import box_ring, join_outline, mask_to_rings
+from detforge.eval.coco import encode_masks
 from detforge.infer.draw import draw_detections
 from detforge.infer.predictor import Predictor
 from detforge.infer.sources import Frame, count_frames, expand_paths, iter_frames
@@ -33,8 +37,15 @@ LOG = logging.getLogger("detforge")
 
 
 def yolo_lines(dets: Detections, width: int, height: int) -> list[str]:
+    """``class cx cy w h conf`` per detection; with masks YOLO-seg ``class x1 y1 ... conf`` (the
+    mask traced into one ring, holes and parts joined by zero-width cuts; an empty mask: its box)."""
     lines = []
-    for (x1, y1, x2, y2), score, label in zip(dets.boxes, dets.scores, dets.labels):
+    for k, ((x1, y1, x2, y2), score, label) in enumerate(zip(dets.boxes, dets.scores, dets.labels)):
+        if dets.masks is not None:
+            ring = join_outline(mask_to_rings(dets.masks[k])) if dets.masks[k].any() else box_ring((x1, y1, x2, y2))
+            xy = " ".join(f"{v:.6f}" for v in (ring / [width, height]).reshape(-1))
+            lines.append(f"{int(label)} {xy} {float(score):.5f}")
+            continue
         cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
         w, h = (x2 - x1) / width, (y2 - y1) / height
         lines.append(f"{int(label)} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f} {float(score):.5f}")
@@ -44,13 +55,18 @@ def yolo_lines(dets: Detections, width: int, height: int) -> list[str]:
 def coco_results(dets: Detections, image_id, names: list[str], category_ids: list[int] | None = None) -> list[dict]:
     """COCO results entries (``category_name`` beside each). ``category_id`` is
     ``category_ids[class]``, or the 0-based class index without them. Values are not rounded:
-    xywh is the exact float64 difference of the float32 box, so a reader gets the box back."""
+    xywh is the exact float64 difference of the float32 box, so a reader gets the box back.
+    Detections with masks also get ``segmentation`` as COCO RLE (what ``detforge eval`` and
+    pycocotools read for the mask mAP)."""
     out = []
     for (x1, y1, x2, y2), score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
         out.append({
             "image_id": image_id, "category_id": int(category_ids[label]) if category_ids else int(label),
             "category_name": names[int(label)], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
         })
+    if dets.masks is not None:
+        for entry, rle in zip(out, encode_masks(dets.masks)):
+            entry["segmentation"] = rle
     return out
 
 

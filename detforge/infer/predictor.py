@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from detforge.data.image_io import read_image
+from detforge.data.polygons import masks_to_original
 from detforge.export.metadata import ExportMetadata
 from detforge.infer.backends import Backend, TorchBackend, load_backend, resolve_device
 from detforge.infer.preprocess import Placement, boxes_to_original, check_image, fit_image, to_input
@@ -142,17 +143,30 @@ class Predictor:
                 arrays = [fitted[i][0] for i in chunk]
                 if self.backend.fixed_batch:  # a fixed-batch engine: fill the last batch with copies
                     arrays += [arrays[-1]] * (self.backend.fixed_batch - len(arrays))
-                boxes, scores, labels = self.backend(to_input(arrays, self.backend.input_dtype))
+                boxes, scores, labels, *masks = self.backend(to_input(arrays, self.backend.input_dtype))
                 for row, i in enumerate(chunk):
-                    results[i] = self._decode(boxes[row], scores[row], labels[row], fitted[i][1], thresholds)
+                    results[i] = self._decode(boxes[row], scores[row], labels[row], fitted[i][1], thresholds,
+                                              masks[0][row] if masks else None, arrays[row].shape[:2])
         return results  # type: ignore[return-value]
 
-    def _decode(self, boxes, scores, labels, placement: Placement, thresholds: np.ndarray) -> Detections:
+    def _decode(self, boxes, scores, labels, placement: Placement, thresholds: np.ndarray,
+                roi_masks: np.ndarray | None = None, input_hw: tuple[int, int] | None = None) -> Detections:
+        """One image's rows -> Detections in its pixels; a mask model's RoI masks [K, M, M] are
+        pasted into the input (as its postprocess does) and brought back to the image."""
         labels = labels.astype(np.int64)
         valid = (scores > 0) & (labels >= 0) & (labels < len(thresholds))
         keep = valid & (scores >= thresholds[np.clip(labels, 0, len(thresholds) - 1)])
         order = np.argsort(-scores[keep], kind="stable")[: self.max_det]
-        return Detections(boxes_to_original(boxes[keep][order], placement), scores[keep][order], labels[keep][order])
+        masks = None
+        if roi_masks is not None:
+            from detforge.models.masks import paste_masks
+
+            picked = np.flatnonzero(keep)[order]
+            pasted = paste_masks(roi_masks[picked], boxes[picked], input_hw).numpy()
+            w0, h0 = placement.orig_size
+            masks = masks_to_original(pasted, placement.scale, placement.pad, (h0, w0))
+        return Detections(boxes_to_original(boxes[keep][order], placement), scores[keep][order], labels[keep][order],
+                          masks)
 
 
 def _expand(source) -> list:

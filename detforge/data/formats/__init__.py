@@ -7,6 +7,7 @@ structural errors that make a run meaningless raise ``DatasetError`` with one cl
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
@@ -98,10 +99,17 @@ def _finish(dataset: DetectionData, target: Path) -> None:
 
 def write_dataset(data: DetectionData, out: str | Path, layout: Literal["yolo", "coco", "voc"],
                   link: bool = False) -> Path:
-    """Write ``data`` in ``layout`` into the new or empty folder ``out``; images copied (or symlinked)."""
+    """Write ``data`` in ``layout`` into the new or empty folder ``out``; images copied (or symlinked).
+    YOLO (as YOLO-seg lines) and COCO (as polygon segmentations) keep instance outlines; VOC
+    keeps boxes only and says how many outlines it leaves out."""
     writers = {"yolo": write_yolo, "coco": write_coco, "voc": write_voc}
     if layout not in writers:
         raise DatasetError(f"cannot write layout '{layout}'; choose one of {', '.join(WRITABLE)}")
+    if layout == "voc":
+        outlines = sum(1 for v in data.splits.values() for s in v for rings in s.polygons or [] if rings)
+        if outlines:
+            logging.getLogger("detforge").warning(
+                "%s: Pascal VOC annotations hold boxes only: %d instance outlines are not written", out, outlines)
     return writers[layout](data, Path(out), link=link)
 
 

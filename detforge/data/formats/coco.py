@@ -29,6 +29,8 @@ from detforge.data.formats.common import (
     split_name,
 )
 from detforge.data.formats.outlines import clean_outline, coco_segmentation_rings
+from detforge.data.polygons import polygon_flat
+from detforge.eval.coco import object_areas
 from detforge.records import DetectionData, Sample
 
 ROBOFLOW_JSON = "_annotations.coco.json"
@@ -208,18 +210,25 @@ def coco_ground_truth(samples: list[Sample], names: list[str], image_ids: list, 
                       file_names: list[str] | None = None) -> dict:
     """A COCO dataset dict (images, annotations with crowd regions as ``iscrowd: 1``,
     categories) for ``samples``. Boxes are written as exact float64 xywh of the float32 boxes,
-    so ``x + w`` gives the box back bit for bit; ``area`` is ``w * h``."""
+    so ``x + w`` gives the box back bit for bit; ``area`` is ``w * h``. An object with an
+    outline gets it as a polygon ``segmentation`` (one list per ring) and its mask's area as
+    ``area``, as COCO files have them (validation sizes such objects the same way)."""
     categories = [{"id": int(c), "name": n, "supercategory": "none"} for c, n in zip(category_ids, names)]
     images, annotations = [], []
     for i, (s, image_id) in enumerate(zip(samples, image_ids)):
         name = file_names[i] if file_names is not None else s.image_path.name
         images.append({"id": image_id, "file_name": name, "width": s.width, "height": s.height})
+        outlines = s.polygons or [[]] * len(s.boxes)
+        areas = object_areas(s.boxes, s.polygons, s.height, s.width)
         for boxes, labels, crowd in ((s.boxes, s.labels, 0), (s.crowd_boxes, s.crowd_labels, 1)):
-            for (x1, y1, x2, y2), label in zip(boxes.tolist(), labels.tolist()):
+            for k, ((x1, y1, x2, y2), label) in enumerate(zip(boxes.tolist(), labels.tolist())):
                 w, h = x2 - x1, y2 - y1
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                     "category_id": int(category_ids[label]), "bbox": [x1, y1, w, h], "area": w * h,
                                     "iscrowd": crowd})
+                if not crowd and outlines[k]:
+                    annotations[-1]["segmentation"] = [polygon_flat(r, ndigits=4) for r in outlines[k]]
+                    annotations[-1]["area"] = float(areas[k])
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
