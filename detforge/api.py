@@ -119,6 +119,9 @@ class Detector:
             self.source, data.root, cfg.split, len(samples), metrics["map50_95"], metrics["map50"],
             metrics["precision"], metrics["recall"], metrics["f1"], metrics["iou"], save_dir,
         )
+        if "segm_map50_95" in metrics:  # a mask model on data with outlines
+            LOG.info("val masks: mAP50-95 %.4f  mAP50 %.4f  mAP75 %.4f", metrics["segm_map50_95"],
+                     metrics["segm_map50"], metrics["segm_map75"])
         metrics["save_dir"] = str(save_dir)
         return metrics
 

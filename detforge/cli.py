@@ -90,6 +90,8 @@ def cmd_eval(argv: list[str]) -> int:
         f"mAP50-95 {m['map50_95']:.4f}  mAP50 {m['map50']:.4f}  mAP75 {m['map75']:.4f}  "
         f"P {m['precision']:.4f}  R {m['recall']:.4f}  F1 {m['f1']:.4f}  IoU {m['iou']:.4f}"
     )
+    if "segm_map50_95" in m:  # the predictions carry masks
+        print(f"mask mAP50-95 {m['segm_map50_95']:.4f}  mAP50 {m['segm_map50']:.4f}  mAP75 {m['segm_map75']:.4f}")
     return 0
 
 

@@ -157,3 +157,13 @@ def test_masks_must_match_the_image():
     with pytest.raises(ValueError, match="masks of"):
         ev.add(np.zeros((0, 4)), [], Detections([[0, 0, 2, 2]], [0.5], [0], np.zeros((1, 5, 5), np.uint8)), (6, 5),
                gt_segms=[])
+
+
+def test_cli_eval_prints_box_and_mask_map(tmp_path, capsys):
+    from detforge.cli import main
+
+    coco_files(tmp_path, seed=3)
+    assert main(["eval", f"gt={tmp_path / 'gt.json'}", f"pred={tmp_path / 'pred.json'}",
+                 f"save_dir={tmp_path / 'out'}"]) == 0
+    out = capsys.readouterr().out
+    assert "mAP50-95" in out and "mask mAP50-95" in out
