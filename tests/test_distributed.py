@@ -1,21 +1,26 @@
 """Data-parallel training and evaluation on 2 CPU processes (gloo).
 
-One spawn of two ranks runs every scenario (process start-up dominates the cost) and writes
+One spawn of two ranks runs most scenarios (process start-up dominates the cost) and writes
 its results to files; the tests below check them against single-process references:
 - a tiny BatchNorm-free model: 1 process with batch 2B == DDP with B per rank, with and
   without gradient accumulation, and DDP == ZeRO-1 == FSDP2; ZeRO-1 / FSDP2 checkpoint round trips;
 - reduce_loss_dict with different loss terms on the ranks, and a rank whose batch has no boxes;
-- the real Trainer (fcos-n, tiny synthetic set) under zero1 and fsdp, fsdp resumed from its
-  distributed checkpoint; distributed evaluation of its weights == single-process evaluation.
+- the real Trainer (fcos-n, tiny synthetic set) under zero1 and fsdp, fsdp stopped and resumed
+  from its distributed checkpoint == fsdp uninterrupted; distributed evaluation of its weights
+  == single-process evaluation.
+Two more spawns: the real Trainer under DDP (D-FINE-N and FCOS-n, a set where most images are
+background, so ranks get batches without a box), and collectives that time out.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -172,11 +177,20 @@ def _trainer_scenarios(rank: int, out: dict, syn_root: Path, tmp: Path) -> None:
                 logger="none", verbose=False, warmup_epochs=0)
     zero = Trainer(build_config({**base, "epochs": 1, "parallel": "zero1", "accumulate": 2, "name": "zero1"})).train()
     out["zero1_trainer_dir"] = zero["save_dir"]
-    Trainer(build_config({**base, "epochs": 1, "parallel": "fsdp", "ema": False, "name": "fsdp"})).train()
+    # FSDP: 2 epochs straight, and the same run stopped at the start of epoch 2 and resumed
+    fsdp = {**base, "epochs": 2, "parallel": "fsdp", "ema": False}
+    full = Trainer(build_config({**fsdp, "name": "fsdp_full"}))
+    out["fsdp_full_dir"] = full.train()["save_dir"]
+    out["fsdp_full_model"] = _full_weights(full.model)
+    cut = Trainer(build_config({**fsdp, "name": "fsdp"}))
+    _stop_before_step(cut, 2)  # 2 steps per epoch: the first step of epoch 2
+    with pytest.raises(_Stopped):
+        cut.train()
     last = tmp / "runs" / "fsdp" / "weights" / "last.pt"
     out["fsdp_epoch1_model"] = load_checkpoint(last)["model"]
-    resumed = Trainer(build_config({**base, "epochs": 2, "resume": str(last), "parallel": "fsdp"})).train()
-    out["fsdp_resumed_dir"] = resumed["save_dir"]
+    resumed = Trainer(build_config({**base, "epochs": 2, "resume": str(last), "parallel": "fsdp"}))
+    out["fsdp_resumed_dir"] = resumed.train()["save_dir"]
+    out["fsdp_resumed_model"] = _full_weights(resumed.model)
 
     # distributed evaluation of the zero1 run's weights over unpadded shards
     ckpt = load_checkpoint(Path(zero["save_dir"]) / "weights" / "last.pt")
@@ -192,14 +206,33 @@ def _trainer_scenarios(rank: int, out: dict, syn_root: Path, tmp: Path) -> None:
     out["eval_images"] = sorted(merged)
 
 
+class _Stopped(Exception):
+    """Raised on every rank at the same step: an interruption at a known point."""
+
+
+def _stop_before_step(trainer, iteration: int) -> None:
+    real = trainer._optimizer_step
+
+    def step() -> None:
+        if trainer.iteration == iteration:
+            raise _Stopped
+        real()
+
+    trainer._optimizer_step = step
+
+
+def _full_weights(model) -> dict[str, torch.Tensor]:
+    """Unsharded weights on every rank (a collective under FSDP)."""
+    from detforge.engine import parallel
+
+    return {k: v.detach().clone() for k, v in parallel.model_state_dict(model, all_ranks=True).items()}
+
+
 def _worker(rank: int, port: int, tmp: str, syn_root: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    logging.getLogger("detforge").setLevel(logging.WARNING)
+    _rank_env(rank, port)
     from detforge.engine import distributed as dist_utils
 
-    dist_utils.init_process_group(dist_utils.env_info(), use_cuda=False, timeout_s=120)
+    dist_utils.init_process_group(dist_utils.env_info(), use_cuda=False, timeout=120)
     out: dict = {}
     tmp_path = Path(tmp)
     try:
@@ -226,18 +259,16 @@ def eval_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory, eval_root) -> list[dict]:
-    import torch.multiprocessing as mp
-
     tmp = tmp_path_factory.mktemp("ddp")
-    ctx = mp.start_processes(_worker, args=(_free_port(), str(tmp), str(eval_root)), nprocs=WORLD,
-                             join=False, start_method="spawn")
-    deadline = time.time() + 240
-    while not ctx.join(timeout=5):
-        if time.time() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-rank job did not finish in 240 s (a collective hung)")
+    _spawn(_worker, (_free_port(), str(tmp), str(eval_root)), 400)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def _assert_states_close(a: dict, b: dict, atol: float = 1e-6) -> None:
@@ -301,7 +332,7 @@ def test_trainer_zero1_writes_once(ranks):
     assert ranks[1]["zero1_trainer_dir"] == str(run)
     ckpt = load_checkpoint(run / "weights" / "last.pt")  # weights_only: consolidated state is plain
     assert ckpt["optimizer"]["param_groups"] and ckpt["optimizer"]["state"]
-    assert sorted(p.name for p in run.parent.iterdir()) == ["fsdp", "zero1"]
+    assert sorted(p.name for p in run.parent.iterdir()) == ["fsdp", "fsdp_full", "zero1"]
 
 
 def test_trainer_fsdp_resumes_from_distributed_checkpoint(ranks):
@@ -312,9 +343,22 @@ def test_trainer_fsdp_resumes_from_distributed_checkpoint(ranks):
     assert run.name == "fsdp" and (run / "weights" / ckpt["dcp_dir"] / ".metadata").is_file()
     assert [d.name for d in (run / "weights").glob("last_dcp_*")] == [ckpt["dcp_dir"]]  # older ones pruned
     assert ckpt["optimizer"] is None and ckpt["epoch"] == 1 and len(ckpt["history"]) == 2
+    # the resumed run equals the uninterrupted one: the weights on every rank (parameters and
+    # BatchNorm statistics, which FSDP takes from rank 0 wherever weights are read) and the
+    # logged epoch-2 loss, lr and validation metrics
+    full = ranks[0]["fsdp_full_model"]
+    assert len(full) > 50 and any("running_mean" in k for k in full)
+    for r in range(WORLD):
+        _assert_states_close(ranks[r]["fsdp_resumed_model"], full, atol=1e-7)
+    full_rows, cut_rows = _csv_rows(Path(ranks[0]["fsdp_full_dir"]) / "metrics.csv"), _csv_rows(run / "metrics.csv")
+    assert len(full_rows) == len(cut_rows) == 2
+    for a, b in zip(full_rows, cut_rows):
+        for key in ("loss", "lr", "map50_95", "map50"):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-6, abs=1e-9), (a["epoch"], key)
+    # and epoch 2 did move the weights (the comparison is not between two copies of epoch 1)
     epoch1 = ranks[0]["fsdp_epoch1_model"]
-    assert epoch1.keys() == ckpt["model"].keys()
-    assert any(not torch.equal(epoch1[k], ckpt["model"][k]) for k in epoch1)
+    assert epoch1.keys() == full.keys()
+    assert max((full[k].float() - epoch1[k].float()).abs().max().item() for k in epoch1) > 1e-4
 
 
 # ---------------------------------------------------------------- evaluation
@@ -428,3 +472,265 @@ def test_stability_bench_trains_each_seed(eval_root, tmp_path, capsys):
     rows = list(csv.DictReader(open(out / "stability.csv")))
     assert [r["seed"] for r in rows] == ["0", "1", "mean", "std"]
     assert "mean" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- spawning
+def _spawn(fn, args: tuple, limit_s: float) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
+    deadline = time.time() + limit_s
+    while not ctx.join(timeout=2):
+        if time.time() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            pytest.fail(f"the 2-rank job did not finish in {limit_s:.0f} s (a collective hung)")
+
+
+def _rank_env(rank: int, port: int) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    logging.getLogger("detforge").setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------- the real trainer under DDP
+DDP_IMGSZ = 128
+# augmentations off: each rank's batch is then exactly the image the sampler gave it, whatever
+# its random stream, so a single process can replay the same batches
+DDP_BASE = dict(imgsz=DDP_IMGSZ, workers=0, device="cpu", exist_ok=True, plots=False, amp=False, logger="none",
+                verbose=False, epochs=2, warmup_epochs=0, mosaic=0.0, mixup=0.0, copy_blend=0.0, cutout=0.0,
+                fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, multi_scale=0.0)
+
+
+@pytest.fixture(scope="module")
+def background_root(tmp_path_factory) -> Path:
+    """4 training images, only one with boxes: 2 steps of 1 image per rank put a background
+    image beside it in one step (one rank without a box) and two in the other (no rank)."""
+    from detforge.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic(tmp_path_factory.mktemp("bg_synthetic"), n_train=4, n_val=2, size=DDP_IMGSZ)
+    labels = sorted((root / "labels" / "train").glob("*.txt"))
+    keep = next(p for p in labels if p.read_text().strip())
+    for p in labels:
+        if p != keep:
+            p.write_text("")
+    return root
+
+
+def _record_batches(seen: list) -> Any:
+    """Box counts of every training forward of a DetectionModel, from a global module hook."""
+    from detforge.models.base import DetectionModel
+
+    def hook(module, args):
+        if isinstance(module, DetectionModel) and module.training and len(args) > 1 and args[1] is not None:
+            seen.append([len(t["boxes"]) for t in args[1]])
+
+    return torch.nn.modules.module.register_module_forward_pre_hook(hook)
+
+
+def _ddp_trainer_worker(rank: int, port: int, tmp: str, root: str) -> None:
+    _rank_env(rank, port)
+    from detforge.config import build_config
+    from detforge.engine import distributed as dist_utils
+    from detforge.engine.trainer import Trainer
+
+    out: dict = {}
+    try:
+        for model in ("fcos-n", "dfine-n"):
+            seen: list = []
+            handle = _record_batches(seen)
+            # the first Trainer creates the process group from dist_timeout
+            trainer = Trainer(build_config({**DDP_BASE, "model": model, "data": root, "batch": 2, "parallel": "ddp",
+                                            "dist_timeout": 300, "project": str(Path(tmp) / "runs"), "name": model}))
+            out[f"{model}_dir"] = trainer.train()["save_dir"]
+            handle.remove()
+            out[f"{model}_batches"] = seen
+            out[f"{model}_wrapper"] = type(trainer.train_model).__name__
+            out[f"{model}_params"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+        out["timeout_s"] = dist_utils.collective_timeout()
+    finally:
+        torch.save(out, Path(tmp) / f"rank{rank}.pt")
+        dist_utils.destroy()
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory, background_root) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("ddp_trainer")
+    _spawn(_ddp_trainer_worker, (_free_port(), str(tmp), str(background_root)), 400)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def fcos_single_process(tmp_path_factory, background_root) -> dict:
+    """FCOS-n in one process, batch 1 with accumulate 2: the same two images per optimizer step
+    as DDP's two ranks, each through BatchNorm and the loss on its own, as on its rank."""
+    from detforge.config import build_config
+    from detforge.engine.trainer import Trainer
+    from detforge.models.base import DetectionModel
+
+    initial: dict[str, torch.Tensor] = {}
+
+    def first_forward(module, args):
+        if isinstance(module, DetectionModel) and not initial:
+            initial.update({n: p.detach().clone() for n, p in module.named_parameters()})
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the ranks: the same float summation order
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(first_forward)
+    try:
+        trainer = Trainer(build_config({**DDP_BASE, "model": "fcos-n", "data": str(background_root), "batch": 1,
+                                        "accumulate": 2, "project": str(tmp_path_factory.mktemp("single")),
+                                        "name": "fcos"}))
+        save_dir = trainer.train()["save_dir"]
+    finally:
+        handle.remove()
+        torch.set_num_threads(threads)
+    return {"dir": save_dir, "initial": initial,
+            "params": {n: p.detach().clone() for n, p in trainer.model.named_parameters()}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["fcos-n", "dfine-n"])
+def test_ddp_trainer_with_background_only_batches(ddp_ranks, model):
+    """Both families finish under DDP although a rank's batch had no box (D-FINE's denoising
+    embedding used to get no gradient there, and DDP waited for it forever)."""
+    seen = [ranks[f"{model}_batches"] for ranks in ddp_ranks]
+    assert len(seen[0]) == len(seen[1]) == 4  # 2 epochs x 2 steps, 1 image per rank
+    steps = list(zip(*seen))
+    assert any((a == [0]) != (b == [0]) for a, b in steps), steps  # one rank with boxes, one without
+    assert any(a == b == [0] for a, b in steps), steps  # no rank with a box
+    assert ddp_ranks[0][f"{model}_wrapper"] == "DistributedDataParallel"
+    p0, p1 = ddp_ranks[0][f"{model}_params"], ddp_ranks[1][f"{model}_params"]
+    assert p0.keys() == p1.keys()
+    for k in p0:  # DDP keeps the replicas identical, and the steps left them finite
+        assert torch.isfinite(p0[k]).all(), k
+        assert torch.equal(p0[k], p1[k]), k
+    rows = _csv_rows(Path(ddp_ranks[0][f"{model}_dir"]) / "metrics.csv")
+    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+@pytest.mark.slow
+def test_ddp_trainer_equals_single_process_accumulation(ddp_ranks, fcos_single_process):
+    """FCOS-n on 2 ranks x 1 image == 1 process x 1 image x accumulate 2. Not the same as one
+    process on the combined batch of 2: BatchNorm statistics and FCOS's loss normalisation
+    (by the positives of the batch) are per rank under DDP, as they are per micro-batch here."""
+    ddp, single = ddp_ranks[0]["fcos-n_params"], fcos_single_process["params"]
+    _assert_states_close(ddp, single, atol=1e-6)  # measured: bit-identical
+    initial = fcos_single_process["initial"]
+    assert initial.keys() == ddp.keys()
+    assert max((ddp[k] - initial[k]).abs().max().item() for k in ddp) > 1e-3  # 4 steps moved them well past the tolerance
+    a = _csv_rows(Path(ddp_ranks[0]["fcos-n_dir"]) / "metrics.csv")
+    b = _csv_rows(Path(fcos_single_process["dir"]) / "metrics.csv")
+    for ra, rb in zip(a, b):
+        assert float(ra["lr"]) == pytest.approx(float(rb["lr"]), rel=1e-9)
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_trainer_takes_dist_timeout(ddp_ranks):
+    assert [r["timeout_s"] for r in ddp_ranks] == [300.0, 300.0]
+
+
+# ---------------------------------------------------------------- hangs become errors
+TIMEOUT_S = 3
+
+
+def _wait_for(path: Path, limit_s: float = 60) -> None:
+    deadline = time.time() + limit_s
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x, use_b: bool):
+        y = self.a(x)
+        return self.b(y) if use_b else y
+
+
+def _timeout_worker(rank: int, port: int, port2: int, tmp: str) -> None:
+    _rank_env(rank, port)
+    from detforge.engine import distributed as dist_utils
+    from detforge.engine import parallel
+    from detforge.engine.distributed import DistributedError
+
+    tmp_path, out = Path(tmp), {}
+    try:
+        # 1. rank 1 skips a collective (and stays alive): rank 0 fails after dist_timeout
+        dist_utils.init_process_group(dist_utils.env_info(), use_cuda=False, timeout=TIMEOUT_S)
+        if rank == 0:
+            t0 = time.time()
+            try:
+                dist_utils.any_rank(True)
+            except DistributedError as e:
+                out["skipped"], out["skipped_s"] = str(e), time.time() - t0
+            (tmp_path / "skipped_done").touch()
+        else:
+            _wait_for(tmp_path / "skipped_done")
+        dist_utils.destroy()
+
+        # 2. DDP, a parameter without gradient on rank 0: rank 0 names it at once; rank 1,
+        # left waiting in backward's all-reduce, fails after dist_timeout
+        os.environ["MASTER_PORT"] = str(port2)
+        dist_utils.init_process_group(dist_utils.env_info(), use_cuda=False, timeout=TIMEOUT_S)
+        model = _TwoHeads()
+        model, _ = parallel.wrap(model, torch.optim.SGD(model.parameters(), lr=0.1), _Cfg("ddp"), torch.device("cpu"))
+        t0 = time.time()
+        try:
+            with parallel.gradient_sync(model, enabled=True):
+                model(torch.ones(2, 4), use_b=rank == 1).sum().backward()
+        except DistributedError as e:
+            out["unused"], out["unused_s"] = str(e), time.time() - t0
+        (tmp_path / f"unused_done{rank}").touch()
+        _wait_for(tmp_path / f"unused_done{1 - rank}")  # rank 0 stays until rank 1 timed out
+    finally:
+        torch.save(out, tmp_path / f"rank{rank}.pt")
+    # the process group is broken on purpose: leave without waiting for its teardown
+    os._exit(0)
+
+
+@pytest.fixture(scope="module")
+def timeout_ranks(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("timeouts")
+    _spawn(_timeout_worker, (_free_port(), _free_port(), str(tmp)), 120)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_skipped_collective_fails_after_dist_timeout(timeout_ranks):
+    msg = timeout_ranks[0]["skipped"]
+    assert msg.startswith("rank 0 of 2: any_rank at test_distributed.py:")
+    assert f"timed out after {TIMEOUT_S} s (dist_timeout)" in msg and "\n" not in msg
+    assert TIMEOUT_S - 0.5 < timeout_ranks[0]["skipped_s"] < TIMEOUT_S + 20
+
+
+def test_parameter_without_gradient_is_named_not_waited_for(timeout_ranks):
+    first, waiting = timeout_ranks[0]["unused"], timeout_ranks[1]["unused"]
+    assert first.startswith("rank 0 of 2: 2 of 4 trainable parameters got no gradient in this step (b.weight, b.bias)")
+    assert "find_unused_parameters" in first
+    assert timeout_ranks[0]["unused_s"] < TIMEOUT_S  # at once, not after the timeout
+    assert waiting.startswith("rank 1 of 2: forward/backward (gradient sync) at test_distributed.py:")
+    assert f"timed out after {TIMEOUT_S} s" in waiting and "no gradient on one rank" in waiting
+
+
+def test_distributed_error_passes_other_errors_through():
+    from detforge.engine.distributed import collective, is_comm_failure
+
+    with pytest.raises(ValueError, match="shape"):
+        with collective("any_rank"):
+            raise ValueError("shape mismatch")
+    assert is_comm_failure(RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 3000ms"))
+    assert not is_comm_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied (2x4 and 3x4)"))
+
+
+def test_fsdp_refuses_a_model_that_needs_find_unused_parameters():
+    from detforge.engine.parallel import wrap_model
+
+    model = _tiny_model()
+    model.find_unused_parameters = True
+    with pytest.raises(ValueError, match="parallel=fsdp: Sequential leaves some parameters out of the loss"):
+        wrap_model(model, _Cfg("fsdp"), torch.device("cpu"))

@@ -219,7 +219,27 @@ def model_state_dict(model: nn.Module, all_ranks: bool = True) -> dict[str, torc
         return unwrap_model(model).state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    sync_buffers(model)
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=not all_ranks))
+
+
+@torch.no_grad()
+def sync_buffers(model: nn.Module, src: int = 0) -> None:
+    """Every rank takes rank ``src``'s buffers (BatchNorm statistics), in place: one broadcast
+    per dtype. DDP does this before every forward; FSDP2 leaves each rank its own, so without
+    it each rank would evaluate with its own statistics, and a distributed checkpoint would hold
+    whichever rank's copy it picked for each buffer (a resumed run then differs from one never
+    interrupted). Called wherever sharded weights are read: evaluation, EMA, checkpoints."""
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for b in model.buffers():
+        by_dtype.setdefault(b.dtype, []).append(b)
+    for group in by_dtype.values():
+        flat = torch.cat([b.reshape(-1) for b in group])
+        torch.distributed.broadcast(flat, src)
+        offset = 0
+        for b in group:
+            b.copy_(flat[offset: offset + b.numel()].view_as(b))
+            offset += b.numel()
 
 
 @collective("load_model_state_dict")
@@ -254,6 +274,7 @@ def save_sharded(model: nn.Module, optimizer: torch.optim.Optimizer, folder: str
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
+    sync_buffers(model)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(folder))
 
