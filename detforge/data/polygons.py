@@ -34,7 +34,10 @@ def as_ring(points) -> np.ndarray:
 def ring_signed_area(ring: np.ndarray) -> float:
     """Shoelace area; its sign tells the ring's turning direction."""
     x, y = ring[:, 0], ring[:, 1]
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    if len(x) < 3:
+        return 0.0
+    # sum of x_i * y_{i+1} - x_{i+1} * y_i over the closed ring (slices: np.roll is slow here)
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1])
 
 
 def outline_area(rings: Sequence[np.ndarray]) -> float:
@@ -77,8 +80,8 @@ def _clip_half_plane(ring: np.ndarray, axis: int, bound: float, keep_below: bool
         return ring
     if not inside.any():
         return ring[:0]
-    prev = np.roll(ring, 1, axis=0)
-    prev_inside = np.roll(inside, 1)
+    prev = np.concatenate([ring[-1:], ring[:-1]])
+    prev_inside = np.concatenate([inside[-1:], inside[:-1]])
     crossing = inside != prev_inside
     pc = prev[:, axis]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -105,6 +108,11 @@ def clip_ring(ring: np.ndarray, rect: Sequence[float]) -> np.ndarray | None:
     """The part of ``ring`` inside the xyxy ``rect``; None when nothing of area is left."""
     x1, y1, x2, y2 = rect
     out = np.asarray(ring, np.float64)
+    lo, hi = out.min(0), out.max(0)
+    if hi[0] <= x1 or lo[0] >= x2 or hi[1] <= y1 or lo[1] >= y2:
+        return None  # wholly outside
+    if lo[0] >= x1 and lo[1] >= y1 and hi[0] <= x2 and hi[1] <= y2:
+        return None if ring_is_flat(out) else out  # wholly inside
     for axis, bound, below in ((0, x1, False), (0, x2, True), (1, y1, False), (1, y2, True)):
         out = _clip_half_plane(out, axis, bound, below)
         if len(out) < 3:
@@ -154,7 +162,7 @@ def _fill_ring(mask: np.ndarray, ring: np.ndarray, height: int, width: int) -> N
     if len(ring) < 3:
         return
     xa, ya = ring[:, 0], ring[:, 1]
-    xb, yb = np.roll(xa, -1), np.roll(ya, -1)
+    xb, yb = np.concatenate([xa[1:], xa[:1]]), np.concatenate([ya[1:], ya[:1]])
     lo, hi = np.minimum(ya, yb), np.maximum(ya, yb)
     # rows whose centre r + 0.5 lies in [lo, hi): each vertex is counted once
     r0 = np.ceil(lo - 0.5).astype(np.int64)
