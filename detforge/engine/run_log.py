@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 LOG = logging.getLogger("detforge")
-METRIC_KEYS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou")
+METRIC_KEYS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou", "segm_map50_95", "segm_map50", "segm_map75")
 
 
 def tensorboard_writer(save_dir: Path, loggers: list[str]):
