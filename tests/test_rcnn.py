@@ -211,6 +211,14 @@ def test_pretrained_torchvision_coco_file_with_other_class_count(tmp_path, caplo
     again = get_spec("faster-rcnn-mbv3").load_weights(fresh, str(path))
     assert set(again["skipped"]) == heads and set(report["loaded"]) <= set(again["loaded"])
 
+    # a checkpoint of that model, loaded into one rebuilt from its name, computes the same
+    rebuilt = build_model("faster-rcnn-mbv3", 3)
+    rebuilt.load_state_dict(model.state_dict())
+    assert isinstance(rebuilt.backbone.body["1"].block[0][1], torchvision.ops.misc.FrozenBatchNorm2d)
+    images, _ = _scene(1)
+    with torch.no_grad():
+        assert torch.equal(_fast(model).eval().export_forward(images, 20)[1], _fast(rebuilt).eval().export_forward(images, 20)[1])
+
     from detforge.errors import CheckpointError
 
     r50 = torchvision.models.detection.fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91)

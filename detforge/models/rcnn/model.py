@@ -172,6 +172,18 @@ class TorchvisionRCNN(DetectionModel):
 
             self.load_report = load_torchvision_weights(self, pretrained)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Weights saved from a backbone with FrozenBatchNorm2d (a MobileNet trained from
+        pretrained weights, torchvision's COCO file) carry no ``num_batches_tracked``; a model
+        rebuilt from its name alone has BatchNorm2d there (eps 1e-3, FrozenBatchNorm2d's is
+        1e-5), so it takes the frozen form first and computes what was trained."""
+        spec = ARCHS[self.arch]
+        counters = [k for k in self.state_dict() if k.startswith("backbone.body.") and k.endswith("num_batches_tracked")]
+        if spec.frozen_bn_when_pretrained and counters and any(k.startswith("backbone.body.") for k in state_dict) \
+                and not any(k.startswith("backbone.body.") and k.endswith("num_batches_tracked") for k in state_dict):
+            freeze_batchnorm(self.backbone.body)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     # ------------------------------------------------------------------ forward
     def _torchvision_targets(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
         out = []
