@@ -79,7 +79,10 @@ def letterboxed_images(data: Path, count: int, size: int):
     if not paths:
         raise SystemExit(f"{data / 'JPEGImages'}: no .jpg images found")
     arrays = [fit_image(read_image(p), size, "letterbox")[0] for p in paths]
-    return np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / 255.0, [p.name for p in paths]
+    # contiguous NCHW, as the file read back on the effdet side is: a channels-last view would send
+    # the convolutions down another kernel whose rounding differs
+    batch = np.ascontiguousarray(np.stack(arrays).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+    return batch, [p.name for p in paths]
 
 
 def compare(size: str, args) -> dict:

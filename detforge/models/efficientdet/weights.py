@@ -11,6 +11,11 @@ input numbers -> detforge's node and level names; effdet's [repeat][level] head 
 A different class count changes only the class net's output (pointwise) conv: it keeps its
 fresh initialisation and the report says so. Any other shape difference means the file is for
 another size, and it is refused with the first differences named.
+
+timm's ImageNet ``tf_efficientnet_bN`` files (``pretrained=imagenet``) hold the backbone alone,
+under the backbone's own names (no ``backbone.`` prefix): they fill the backbone, their
+classification layers (conv_head, bn2, classifier) are left out, and the BiFPN and heads keep
+their initialisation.
 """
 
 from __future__ import annotations
@@ -60,6 +65,9 @@ FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 # the head nets: the same field under two names ({net} in effdet names, {head} in detforge's)
 HEADS = (("class_net", "class_head"), ("box_net", "box_head"))
 
+_DETECTOR_PREFIXES = ("backbone.", "fpn.", "class_net.", "box_net.")
+# an ImageNet classifier's layers after the last block, which the detector's backbone lacks
+_CLASSIFIER_PREFIXES = ("backbone.conv_head.", "backbone.bn2.", "backbone.classifier.")
 # the class net's output conv: its shape follows the class count
 CLASS_OUTPUT = "class_head.pred.pw."
 BENIGN_SUFFIXES = ("num_batches_tracked",)
@@ -137,16 +145,20 @@ def effdet_state_dict(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def load_effdet(model: nn.Module, path: str | Path) -> dict[str, Any]:
-    """Copy an effdet checkpoint into ``model`` through ``NAME_MAP``.
+    """Copy an effdet checkpoint (or a timm ImageNet backbone file) into ``model`` through ``NAME_MAP``.
 
-    Returns ``{"path", "loaded": [detforge names], "skipped": {name: reason}, "missing": [names],
-    "unexpected": [effdet names]}`` and logs a summary. Raises CheckpointError for a file with no
+    Returns ``{"path", "part" ('detector' | 'backbone'), "loaded": [detforge names], "skipped":
+    {name: reason}, "missing": [names], "unexpected": [file names]}`` and logs a summary. Raises CheckpointError for a file with no
     effdet tensors, and ValueError for a file of another size."""
     path = Path(path)
     try:
         source = effdet_state_dict(read_checkpoint(path))
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
+    part = "detector"
+    if "conv_stem.weight" in source and not any(k.startswith(_DETECTOR_PREFIXES) for k in source):
+        part = "backbone"
+        source = {f"backbone.{k}": v for k, v in source.items()}
     target = model.state_dict()
     updates: dict[str, torch.Tensor] = {}
     skipped: dict[str, str] = {}
@@ -155,7 +167,8 @@ def load_effdet(model: nn.Module, path: str | Path) -> dict[str, Any]:
     for eff_name, tensor in source.items():
         name = to_detforge(eff_name)
         if name is None or name not in target:
-            if not eff_name.endswith(BENIGN_SUFFIXES):
+            unused_head = part == "backbone" and eff_name.startswith(_CLASSIFIER_PREFIXES)
+            if not eff_name.endswith(BENIGN_SUFFIXES) and not unused_head:
                 unexpected.append(eff_name)
             continue
         if tensor.shape != target[name].shape:
@@ -173,11 +186,14 @@ def load_effdet(model: nn.Module, path: str | Path) -> dict[str, Any]:
     if not updates:
         raise CheckpointError(f"{path}: none of its {len(source)} tensors has an effdet EfficientDet name")
     model.load_state_dict(updates, strict=False)
-    missing = [k for k in target if k not in updates and k not in skipped and not k.endswith(BENIGN_SUFFIXES)]
-    report = {"path": str(path), "loaded": sorted(updates), "skipped": skipped, "missing": missing,
+    missing = [k for k in target if k not in updates and k not in skipped and not k.endswith(BENIGN_SUFFIXES)
+               and not (part == "backbone" and not k.startswith("backbone."))]
+    report = {"path": str(path), "part": part, "loaded": sorted(updates), "skipped": skipped, "missing": missing,
               "unexpected": unexpected}
-    log.info("%s: loaded %d effdet tensors; %d skipped, %d missing, %d unexpected", path, len(updates),
-             len(skipped), len(missing), len(unexpected))
+    log.info("%s: loaded %d %s tensors; %d skipped, %d missing, %d unexpected", path, len(updates),
+             "effdet" if part == "detector" else "ImageNet backbone", len(skipped), len(missing), len(unexpected))
+    if part == "backbone":
+        log.info("%s: an ImageNet backbone file: the BiFPN and the class and box nets start fresh", path)
     if skipped:
         log.info("%s: the class count differs, so the class net's output conv (%s) starts fresh; "
                  "every other tensor is loaded", path, ", ".join(sorted(skipped)))
