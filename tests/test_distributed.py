@@ -8,8 +8,8 @@ its results to files; the tests below check them against single-process referenc
 - the real Trainer (fcos-n, tiny synthetic set) under zero1 and fsdp, fsdp stopped and resumed
   from its distributed checkpoint == fsdp uninterrupted; distributed evaluation of its weights
   == single-process evaluation.
-Two more spawns: the real Trainer under DDP (D-FINE-N and FCOS-n, a set where most images are
-background, so ranks get batches without a box), and collectives that time out.
+Two more spawns: the real Trainer under DDP (D-FINE-N and FCOS-n) and FSDP (D-FINE-N) on a set
+where most images are background, so ranks get batches without a box; collectives that time out.
 """
 
 from __future__ import annotations
@@ -529,6 +529,10 @@ def _record_batches(seen: list) -> Any:
     return torch.nn.modules.module.register_module_forward_pre_hook(hook)
 
 
+# (model, parallel mode, epochs): 2 steps of 2 ranks per epoch
+TRAINER_RUNS = (("fcos-n", "ddp", 2), ("dfine-n", "ddp", 2), ("dfine-n", "fsdp", 1))
+
+
 def _ddp_trainer_worker(rank: int, port: int, tmp: str, root: str) -> None:
     _rank_env(rank, port)
     from detforge.config import build_config
@@ -537,17 +541,20 @@ def _ddp_trainer_worker(rank: int, port: int, tmp: str, root: str) -> None:
 
     out: dict = {}
     try:
-        for model in ("fcos-n", "dfine-n"):
-            seen: list = []
+        for model, mode, epochs in TRAINER_RUNS:
+            key, seen = f"{model}/{mode}", []
             handle = _record_batches(seen)
             # the first Trainer creates the process group from dist_timeout
-            trainer = Trainer(build_config({**DDP_BASE, "model": model, "data": root, "batch": 2, "parallel": "ddp",
-                                            "dist_timeout": 300, "project": str(Path(tmp) / "runs"), "name": model}))
-            out[f"{model}_dir"] = trainer.train()["save_dir"]
+            trainer = Trainer(build_config({**DDP_BASE, "model": model, "data": root, "batch": 2, "parallel": mode,
+                                            "epochs": epochs, "dist_timeout": 300, "project": str(Path(tmp) / "runs"),
+                                            "name": f"{model}-{mode}"}))
+            out[f"{key}_dir"] = trainer.train()["save_dir"]
             handle.remove()
-            out[f"{model}_batches"] = seen
-            out[f"{model}_wrapper"] = type(trainer.train_model).__name__
-            out[f"{model}_params"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+            out[f"{key}_batches"] = seen
+            out[f"{key}_wrapper"] = type(trainer.train_model).__name__
+            names = [n for n, _ in trainer.model.named_parameters()]
+            weights = _full_weights(trainer.train_model)  # gathered under FSDP
+            out[f"{key}_params"] = {n: weights[n] for n in names}
         out["timeout_s"] = dist_utils.collective_timeout()
     finally:
         torch.save(out, Path(tmp) / f"rank{rank}.pt")
@@ -591,23 +598,25 @@ def fcos_single_process(tmp_path_factory, background_root) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["fcos-n", "dfine-n"])
-def test_ddp_trainer_with_background_only_batches(ddp_ranks, model):
-    """Both families finish under DDP although a rank's batch had no box (D-FINE's denoising
-    embedding used to get no gradient there, and DDP waited for it forever)."""
-    seen = [ranks[f"{model}_batches"] for ranks in ddp_ranks]
-    assert len(seen[0]) == len(seen[1]) == 4  # 2 epochs x 2 steps, 1 image per rank
+@pytest.mark.parametrize("model, mode, epochs", TRAINER_RUNS)
+def test_trainer_with_background_only_batches(ddp_ranks, model, mode, epochs):
+    """The families finish under DDP (and D-FINE under FSDP) although a rank's batch had no box
+    (D-FINE's denoising embedding used to get no gradient there: DDP waited for it forever)."""
+    key = f"{model}/{mode}"
+    seen = [ranks[f"{key}_batches"] for ranks in ddp_ranks]
+    assert len(seen[0]) == len(seen[1]) == 2 * epochs  # 2 steps per epoch, 1 image per rank
     steps = list(zip(*seen))
     assert any((a == [0]) != (b == [0]) for a, b in steps), steps  # one rank with boxes, one without
     assert any(a == b == [0] for a, b in steps), steps  # no rank with a box
-    assert ddp_ranks[0][f"{model}_wrapper"] == "DistributedDataParallel"
-    p0, p1 = ddp_ranks[0][f"{model}_params"], ddp_ranks[1][f"{model}_params"]
-    assert p0.keys() == p1.keys()
-    for k in p0:  # DDP keeps the replicas identical, and the steps left them finite
+    wrapper = ddp_ranks[0][f"{key}_wrapper"]
+    assert wrapper == "DistributedDataParallel" if mode == "ddp" else wrapper.startswith("FSDP")
+    p0, p1 = ddp_ranks[0][f"{key}_params"], ddp_ranks[1][f"{key}_params"]
+    assert p0.keys() == p1.keys() and len(p0) > 100
+    for k in p0:  # the replicas (or gathered shards) are identical, and the steps left them finite
         assert torch.isfinite(p0[k]).all(), k
         assert torch.equal(p0[k], p1[k]), k
-    rows = _csv_rows(Path(ddp_ranks[0][f"{model}_dir"]) / "metrics.csv")
-    assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
+    rows = _csv_rows(Path(ddp_ranks[0][f"{key}_dir"]) / "metrics.csv")
+    assert len(rows) == epochs and all(math.isfinite(float(r["loss"])) for r in rows)
 
 
 @pytest.mark.slow
@@ -615,12 +624,12 @@ def test_ddp_trainer_equals_single_process_accumulation(ddp_ranks, fcos_single_p
     """FCOS-n on 2 ranks x 1 image == 1 process x 1 image x accumulate 2. Not the same as one
     process on the combined batch of 2: BatchNorm statistics and FCOS's loss normalisation
     (by the positives of the batch) are per rank under DDP, as they are per micro-batch here."""
-    ddp, single = ddp_ranks[0]["fcos-n_params"], fcos_single_process["params"]
+    ddp, single = ddp_ranks[0]["fcos-n/ddp_params"], fcos_single_process["params"]
     _assert_states_close(ddp, single, atol=1e-6)  # measured: bit-identical
     initial = fcos_single_process["initial"]
     assert initial.keys() == ddp.keys()
     assert max((ddp[k] - initial[k]).abs().max().item() for k in ddp) > 1e-3  # 4 steps moved them well past the tolerance
-    a = _csv_rows(Path(ddp_ranks[0]["fcos-n_dir"]) / "metrics.csv")
+    a = _csv_rows(Path(ddp_ranks[0]["fcos-n/ddp_dir"]) / "metrics.csv")
     b = _csv_rows(Path(fcos_single_process["dir"]) / "metrics.csv")
     for ra, rb in zip(a, b):
         assert float(ra["lr"]) == pytest.approx(float(rb["lr"]), rel=1e-9)

@@ -351,6 +351,12 @@ class DFineDecoder(nn.Module):
             content = torch.cat([denoise.content, content], dim=1)
             ref_unact = torch.cat([denoise.boxes_unact, ref_unact], dim=1)
             attn_mask = denoise.attn_mask
+        elif dn_meta is not None:
+            # no image has a box, so no denoising query: a zero-weighted use keeps the embedding
+            # in the graph with an exact zero gradient. Every rank of a data-parallel job must
+            # give every parameter a gradient (DDP waits for it, FSDP reduce-scatters what
+            # exists), and only inside this forward does FSDP hold the parameter unsharded.
+            content = content + self.denoising_class_embed.weight.sum() * 0
         num_o2m = 0
         if o2m_cells is not None:
             # appended after the one-to-one queries; each group attends only to itself
@@ -422,9 +428,11 @@ class DFineDecoder(nn.Module):
             dn_boxes, boxes = boxes.split(split, dim=2)
             dn_corners, corners = corners.split(split, dim=2)
             dn_refs, refs = refs.split(split, dim=2)
+        # copies, not the parameters: under FSDP the decoder's parameters are freed (resharded)
+        # when its forward returns, before the loss reads them (the loss needs no gradient here)
         result = {
             "pred_logits": logits[-1], "pred_boxes": boxes[-1], "pred_corners": corners[-1],
-            "ref_points": refs[-1], "up": self.up, "reg_scale": self.reg_scale,
+            "ref_points": refs[-1], "up": self.up.detach().clone(), "reg_scale": self.reg_scale.detach().clone(),
             "aux_outputs": _layer_outputs(logits[:-1], boxes[:-1], corners[:-1], refs[:-1], corners[-1], logits[-1]),
             "pre_outputs": {"pred_logits": pre_logits, "pred_boxes": pre_boxes},
         }

@@ -92,21 +92,8 @@ class DFine(DetectionModel):
         norm_targets = self._normalise_targets(targets, images) if targets is not None else None
         outputs = self.decoder(self.encoder(self.backbone(images)), norm_targets)
         if self.training and norm_targets is not None:
-            return self._keep_denoising_in_loss(self.criterion()(outputs, norm_targets))
+            return self.criterion()(outputs, norm_targets)
         return outputs
-
-    def _keep_denoising_in_loss(self, losses: dict[str, Tensor]) -> dict[str, Tensor]:
-        """A batch without a single box builds no denoising query, which leaves the denoising
-        class embedding out of the graph. Data-parallel training needs a gradient for it on every
-        rank (DDP waits for it in its all-reduce, FSDP would reduce-scatter fewer bytes on this
-        rank): a zero-weighted term gives it the exact zero that the rank contributes. Added on
-        every batch (adding 0 to a gradient changes nothing), so no decoder detail is assumed."""
-        embed = getattr(self.decoder, "denoising_class_embed", None)
-        if embed is None or not losses:
-            return losses
-        first = next(iter(losses))
-        losses[first] = losses[first] + embed.weight.sum() * 0
-        return losses
 
     def _normalise_targets(self, targets: list[dict[str, Tensor]], images: Tensor) -> list[dict[str, Tensor]]:
         """Absolute xyxy input pixels -> normalised cxcywh, as the decoder and loss expect."""
