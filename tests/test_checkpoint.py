@@ -141,3 +141,28 @@ def test_first_format_files_are_converted(tmp_path):
     ckpt = read_detforge_checkpoint(save_checkpoint(v1, tmp_path / "old.pt"), need="training")
     assert torch.equal(ckpt["model"]["w"], ema["w"]) and torch.equal(ckpt["train_weights"]["w"], raw["w"])
     assert ckpt["version"] == 2 and ckpt["model_options"] == {}
+
+
+def test_pretrained_goes_to_the_family_reader_unless_it_is_a_detforge_checkpoint(tmp_path, monkeypatch):
+    """pretrained=PATH: a foreign file (an official release) is read by the family's
+    ModelSpec.load_weights; a detforge checkpoint by name-and-shape matching."""
+    import dataclasses
+
+    from detforge.engine.checkpoint import build_with_weights, inference_checkpoint
+    from detforge.models import zoo
+    from detforge.models.zoo import build_model
+
+    calls = []
+    spec = zoo.get_spec("fcos-n")
+    monkeypatch.setitem(zoo._REGISTRY, "fcos-n", dataclasses.replace(
+        spec, load_weights=lambda model, path: calls.append(path) or {"source": path}))
+    source = build_model("fcos-n", 3)
+    foreign = tmp_path / "official.pth"
+    torch.save({"state_dict": source.state_dict()}, foreign)
+    model = build_with_weights("fcos-n", 3, str(foreign))
+    assert calls == [str(foreign)] and model.load_report == {"source": str(foreign)}
+
+    ours = save_checkpoint(inference_checkpoint(_record(), source.state_dict()), tmp_path / "best.pt")
+    model = build_with_weights("fcos-n", 3, str(ours))
+    assert calls == [str(foreign)]  # not called again
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))

@@ -240,20 +240,40 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: str 
 
 
 def build_with_weights(name: str, num_classes: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
-    """Build a model and start it from ``pretrained``. A family that loads its own official
-    files (its constructor takes ``pretrained``, as D-FINE's does: it refuses a file of another
-    size, freezes what the official config freezes over pretrained weights, and its recipe
-    switches to the fine-tuning backbone lr) is given the path; others get ``load_pretrained``."""
+    """Build a model and start it from ``pretrained``:
+
+    - a detforge checkpoint: every tensor whose name and shape match (``load_pretrained``);
+    - otherwise the family's own reader of published files when it has one: the constructor's
+      ``pretrained`` (D-FINE: it refuses a file of another size and freezes what the official
+      config freezes over pretrained weights) or ``ModelSpec.load_weights`` (Darknet .weights,
+      effdet and torchvision state dicts through their name maps);
+    - otherwise name-and-shape matching."""
     import inspect
 
     from detforge.models.zoo import build_model, get_spec
 
-    if pretrained and "pretrained" in inspect.signature(get_spec(name).build).parameters:
+    spec = get_spec(name)
+    foreign = bool(pretrained) and not is_detforge_checkpoint(pretrained)
+    if foreign and "pretrained" in inspect.signature(spec.build).parameters:
         return build_model(name, num_classes, pretrained=pretrained, **kwargs)
     model = build_model(name, num_classes, **kwargs)
-    if pretrained:
+    if foreign and spec.load_weights is not None:
+        model.load_report = spec.load_weights(model, str(pretrained))
+    elif pretrained:
         model.load_report = load_pretrained(model, pretrained)
     return model
+
+
+def is_detforge_checkpoint(path: str | Path) -> bool:
+    """True for a file detforge wrote (any schema version); False for anything else."""
+    path = Path(path)
+    if path.suffix.lower() not in (".pt", ".pth", ".ckpt", ".tar") or not path.is_file():
+        return False
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return ckpt.get("schema") == SCHEMA or ckpt.get("format") == _V1_FORMAT
 
 
 def load_pretrained(model: nn.Module, path: str | Path) -> dict[str, Any]:
