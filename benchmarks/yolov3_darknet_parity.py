@@ -179,7 +179,7 @@ def main() -> int:
     print("| model | params (80 classes) | Darknet convs | largest raw value | raw maps, OpenCV default "
           "| raw maps, OpenCV Winograd off | detforge fp32 vs fp64 | OpenCV (Winograd off) vs fp64 "
           "| scores | boxes (px) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d, n = r["default"], r["no_winograd"]
         print(f"| {r['size']} | {r['params']:,} | {r['convs']} | {r['raw_scale']:.1f} | {d['raw']:.1e} | {n['raw']:.1e} "
