@@ -31,7 +31,7 @@ from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
-from torchvision.ops.poolers import MultiScaleRoIAlign, _filter_input, _onnx_merge_levels, _setup_scales
+from torchvision.ops.poolers import MultiScaleRoIAlign, _filter_input, _setup_scales
 
 # torchvision's RoIHeads drops predicted boxes smaller than this (px) before NMS
 MIN_DETECTION_SIZE = 1e-2
@@ -40,23 +40,22 @@ MIN_DETECTION_SIZE = 1e-2
 def roi_align_levels(pool: MultiScaleRoIAlign, features: dict[str, Tensor], rois: Tensor,
                      image_hw: tuple[int, int]) -> Tensor:
     """``MultiScaleRoIAlign`` for RoIs given as one [N, 5] tensor (image index, x1, y1, x2, y2)
-    instead of a per-image list; same level mapping, same RoIAlign calls."""
+    instead of a per-image list; same level mapping, same RoIAlign calls. The per-level results
+    are put back in RoI order by one gather (torchvision's export path scatters every pooled
+    value through an index as large as the output, which dominated ONNX Runtime's time)."""
     maps = _filter_input(features, pool.featmap_names)
     scales, mapper = _setup_scales(maps, [image_hw], pool.canonical_scale, pool.canonical_level)
     if len(maps) == 1:
         return roi_align(maps[0], rois, pool.output_size, scales[0], pool.sampling_ratio)
     levels = mapper([rois[:, 1:]])
-    tracing = torch.jit.is_tracing()
-    out = None if tracing else maps[0].new_zeros((rois.shape[0], maps[0].shape[1], *pool.output_size))
-    pooled = []
+    order, pooled = [], []
     for level, (fmap, scale) in enumerate(zip(maps, scales)):
         idx = torch.where(levels == level)[0]
-        part = roi_align(fmap, rois[idx], pool.output_size, scale, pool.sampling_ratio)
-        if tracing:
-            pooled.append(part.to(fmap.dtype))
-        else:  # eager: index assignment, as torchvision does outside tracing
-            out[idx] = part.to(out.dtype)
-    return _onnx_merge_levels(levels, pooled) if tracing else out
+        order.append(idx)
+        pooled.append(roi_align(fmap, rois[idx], pool.output_size, scale, pool.sampling_ratio).to(maps[0].dtype))
+    order = torch.cat(order)  # a permutation of 0..N-1: row j of the concatenation is RoI order[j]
+    position = torch.zeros_like(order).scatter(0, order, torch.arange(order.shape[0], device=order.device))
+    return torch.cat(pooled)[position]
 
 
 def _image_index(batch, per_image, like: Tensor) -> Tensor:
