@@ -296,6 +296,9 @@ def action_options(command: str, args: dict[str, Any], defaults: dict[str, Any])
         close = difflib.get_close_matches(key, list(defaults), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{command}: unknown key '{key}'{hint} Allowed: {', '.join(sorted(defaults))}")
+    # a text key given a bool or number (fake_data=false, batch=2) keeps it as text
+    args = {k: (str(v).lower() if isinstance(v, bool) else v) if isinstance(defaults[k], str) else v
+            for k, v in args.items()}
     fields = {k: (_field_type(v), v) for k, v in defaults.items()}
     schema = create_model("ActionOptions", __config__=ConfigDict(coerce_numbers_to_str=True), **fields)
     try:

@@ -47,7 +47,15 @@ from detforge.errors import NonFiniteLossError
 from detforge.eval.evaluator import fitness as fitness_of
 from detforge.models.zoo import build_model, get_spec
 from detforge.resolve import ResolvedConfig, resolve_train_config
-from detforge.utils.runtime import add_file_log, increment_path, memory_used, seed_everything, select_device, setup_logging
+from detforge.utils.runtime import (
+    add_file_log,
+    increment_path,
+    memory_used,
+    remove_log,
+    seed_everything,
+    select_device,
+    setup_logging,
+)
 
 LOG = logging.getLogger("detforge")
 TRUST_RATIO_EVERY = 50  # LARS/LAMB local-lr log interval when trust_ratio_every is not set
@@ -91,6 +99,7 @@ class Trainer:
         self.iteration = 0
         self.bad_steps_total = 0
         self.history: list[dict[str, Any]] = []
+        self._file_log = None
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -176,7 +185,7 @@ class Trainer:
         if self.is_main:
             (path / "weights").mkdir(parents=True, exist_ok=True)
             (path / "plots").mkdir(parents=True, exist_ok=True)
-            add_file_log(path / "train.log")
+            self._file_log = add_file_log(path / "train.log")
         dist_utils.barrier()
         return path
 
@@ -412,6 +421,7 @@ class Trainer:
         finally:
             if self.log:
                 self.log.close()
+            remove_log(self._file_log)  # a second run in this process writes its own train.log only
             dist_utils.barrier()
         return results
 

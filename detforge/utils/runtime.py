@@ -15,15 +15,34 @@ import torch
 LOG = logging.getLogger("detforge")
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever sys.stdout is when a record is emitted, so a redirect made after
+    set-up (a notebook, a test's capture, contextlib.redirect_stdout) receives the lines."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = True, rank: int = 0) -> None:
-    if LOG.handlers:
+    if any(isinstance(h, _StdoutHandler) for h in LOG.handlers):
         LOG.setLevel(logging.INFO if verbose and rank == 0 else logging.WARNING)
         return
-    handler = logging.StreamHandler(sys.stdout)
+    handler = _StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     LOG.addHandler(handler)
     LOG.propagate = False
     LOG.setLevel(logging.INFO if verbose and rank == 0 else logging.WARNING)
+
+
+def remove_log(handler: logging.Handler | None) -> None:
+    if handler is not None:
+        LOG.removeHandler(handler)
+        handler.close()
 
 
 def add_file_log(path: Path) -> logging.Handler:
