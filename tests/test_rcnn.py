@@ -307,7 +307,6 @@ def _onnx_check(name, bccd_root, tmp_path, proposals):
     return compared
 
 
-@pytest.mark.slow  # ~20 s of ONNX tracing and runtime on 2 cores
 def test_onnx_equals_torch_faster_rcnn_mbv3(bccd_root, tmp_path):
     assert _onnx_check("faster-rcnn-mbv3", bccd_root, tmp_path, proposals=300) >= 100
 
