@@ -38,7 +38,8 @@ model.train(data=data, imgsz=int(imgsz), batch=int(batch), epochs=int(epochs), d
 weights = Path(model.trainer.save_dir) / "weights"
 images = json.loads(Path(images_json).read_text())
 for e in range(1, int(epochs) + 1):
-    ckpt = weights / f"epoch{e}.pt"
+    # Ultralytics numbers its per-epoch files from 0: epoch{e-1}.pt holds the weights after epoch e
+    ckpt = weights / f"epoch{e - 1}.pt"
     if not ckpt.is_file():
         ckpt = weights / "last.pt" if e == int(epochs) else None
     if ckpt is None:
