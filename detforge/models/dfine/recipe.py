@@ -29,6 +29,17 @@ so their separate effects are not measured). What changes, and why:
 - EMA ramp of 300 steps instead of 1000: with 1000 the average never gets past a decay of ~0.3
   in a 325-step run, i.e. it barely averages at all.
 
+Tried for sparse data (one or two objects per image) and left out of the recipe, both still
+available as switches: ``o2m=k`` (a training-only query group matched one-to-many, H-DETR's
+hybrid matching; the deploy graph is unchanged) and ``copy_blend=p`` (objects of other images
+blended in, DEIMv2's Copy-Blend). In the one paired screen this machine allowed (BCCD-WBC,
+192 px, batch 16, 10 epochs, seed 0; benchmarks/RESULTS.md, "D-FINE-N on sparse-object data")
+the default recipe ended at 0.436 / 0.728 mAP50-95 / mAP50, ``o2m=6 o2m_queries=100`` lower
+(0.365 / 0.535, ~30% more time per step) and ``copy_blend=0.5`` a little higher (0.470 / 0.771);
+Ultralytics YOLO11n reached 0.612 / 0.987 there. On the 1-2-object synthetic set both D-FINE
+arms were still at ~0.01 mAP50 after 7-9 of 12 epochs at 192 px. One seed at a reduced budget
+is not evidence either way, so neither is on by default.
+
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
