@@ -11,9 +11,10 @@ input size and the graph needs no shape branches.
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import clip_boxes_to_image
 
 from detforge.models.efficientdet.anchors import decode
+from detforge.models.nms import nms_fixed_rows, nms_per_image
 
 
 def select_candidates(outputs: dict[str, list[torch.Tensor]], input_hw, pre_nms_topk: int):
@@ -41,34 +42,12 @@ def postprocess_detections(outputs, input_hw: tuple[int, int], max_det: int, pre
                            nms_iou: float, score_thr: float) -> list[dict[str, torch.Tensor]]:
     """Eager path: one dict per image, ``boxes`` xyxy input px, ``scores`` descending, ``labels``."""
     boxes, scores, labels = select_candidates(outputs, tuple(int(v) for v in input_hw), pre_nms_topk)
-    results = []
-    for b, s, lab in zip(boxes, scores, labels):
-        keep = s > score_thr
-        b, s, lab = b[keep], s[keep], lab[keep]
-        keep = batched_nms(b, s, lab, nms_iou)[:max_det]  # sorted by score, descending
-        results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
-    return results
+    return nms_per_image(boxes, scores, labels, max_det, nms_iou, score_thr)
 
 
 def export_detections(outputs, input_hw, max_det: int, pre_nms_topk: int, nms_iou: float,
                       score_thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Graph path: fixed-size (boxes [B, K, 4], scores [B, K], labels [B, K]), K = ``max_det``,
-    rows past the detections zero. One batched_nms call for the whole batch, grouped by
-    (image, class), so one graph op serves any batch size."""
+    rows past the detections zero (detforge.models.nms: one NMS op for the whole batch)."""
     boxes, scores, labels = select_candidates(outputs, input_hw, pre_nms_topk)
-    batch, num, _ = boxes.shape
-    num_classes = outputs["cls"][0].shape[-1]
-    image_idx = torch.arange(batch, device=boxes.device)[:, None].expand(batch, num)
-    groups = (image_idx * num_classes + labels).reshape(-1)
-    keep = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), groups, nms_iou)
-    kept = torch.zeros_like(scores.reshape(-1)).scatter(0, keep, 1.0).reshape(batch, num)
-    scores = scores * kept * (scores > score_thr).to(scores.dtype)
-    # zero padding guarantees K columns even when fewer candidates exist
-    scores = torch.cat([scores, scores.new_zeros(batch, max_det)], dim=1)
-    boxes = torch.cat([boxes, boxes.new_zeros(batch, max_det, 4)], dim=1)
-    labels = torch.cat([labels, labels.new_zeros(batch, max_det)], dim=1)
-    top_scores, idx = scores.topk(max_det, dim=1)
-    valid = (top_scores > 0).to(boxes.dtype)
-    top_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4)) * valid[..., None]
-    top_labels = labels.gather(1, idx) * valid.to(labels.dtype)
-    return top_boxes, top_scores, top_labels
+    return nms_fixed_rows(boxes, scores, labels, outputs["cls"][0].shape[-1], max_det, nms_iou, score_thr)

@@ -9,9 +9,10 @@ for more elements than exist, whatever the input size, and the graph needs no sh
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms, clip_boxes_to_image, nms
+from torchvision.ops import clip_boxes_to_image
 
 from detforge.models.fcos.loss import ltrb_to_boxes
+from detforge.models.nms import level_top_candidates, nms_fixed_rows, nms_per_image
 
 
 def select_candidates(outputs: dict[str, list[torch.Tensor]], input_hw, pre_nms_topk: int):
@@ -19,16 +20,10 @@ def select_candidates(outputs: dict[str, list[torch.Tensor]], input_hw, pre_nms_
     N = levels x ``pre_nms_topk``."""
     all_boxes, all_scores, all_labels = [], [], []
     for cls, ltrb, ctr, points in zip(outputs["cls"], outputs["ltrb"], outputs["ctr"], outputs["points"]):
-        batch, _, num_classes = cls.shape
         scores = (cls.sigmoid() * ctr.sigmoid()[..., None]).sqrt()  # [B, HW, C]
         boxes = ltrb_to_boxes(points[None], ltrb)  # [B, HW, 4]
-        scores = torch.cat([scores, scores.new_zeros(batch, pre_nms_topk, num_classes)], dim=1)
-        boxes = torch.cat([boxes, boxes.new_zeros(batch, pre_nms_topk, 4)], dim=1)
-        top_scores, flat_idx = scores.flatten(1).topk(pre_nms_topk, dim=1)
-        cell = torch.div(flat_idx, num_classes, rounding_mode="floor")
-        all_boxes.append(boxes.gather(1, cell[..., None].expand(-1, -1, 4)))
-        all_scores.append(top_scores)
-        all_labels.append(flat_idx % num_classes)
+        for out, part in zip((all_boxes, all_scores, all_labels), level_top_candidates(boxes, scores, pre_nms_topk)):
+            out.append(part)
     boxes = clip_boxes_to_image(torch.cat(all_boxes, dim=1), input_hw)
     return boxes, torch.cat(all_scores, dim=1), torch.cat(all_labels, dim=1)
 
@@ -37,13 +32,7 @@ def postprocess_detections(outputs, input_hw: tuple[int, int], max_det: int, pre
                            nms_iou: float, score_thr: float) -> list[dict[str, torch.Tensor]]:
     """Eager path: one dict per image, ``boxes`` xyxy input px, ``scores`` descending, ``labels``."""
     boxes, scores, labels = select_candidates(outputs, tuple(int(v) for v in input_hw), pre_nms_topk)
-    results = []
-    for b, s, lab in zip(boxes, scores, labels):
-        keep = s > score_thr
-        b, s, lab = b[keep], s[keep], lab[keep]
-        keep = batched_nms(b, s, lab, nms_iou)[:max_det]  # indices sorted by score, descending
-        results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
-    return results
+    return nms_per_image(boxes, scores, labels, max_det, nms_iou, score_thr)
 
 
 def export_detections(outputs, input_hw, max_det: int, pre_nms_topk: int, nms_iou: float,
@@ -53,21 +42,4 @@ def export_detections(outputs, input_hw, max_det: int, pre_nms_topk: int, nms_io
     images and classes are shifted apart (each class of each image gets its own coordinate
     range), so one graph op serves any batch size."""
     boxes, scores, labels = select_candidates(outputs, input_hw, pre_nms_topk)
-    batch, num, _ = boxes.shape
-    num_classes = outputs["cls"][0].shape[-1]
-    image_idx = torch.arange(batch, device=boxes.device)[:, None].expand(batch, num)
-    group = (image_idx * num_classes + labels).reshape(-1)
-    flat_boxes = boxes.reshape(-1, 4)
-    offsets = group.to(flat_boxes.dtype)[:, None] * (flat_boxes.max() + 1)
-    keep = nms(flat_boxes + offsets, scores.reshape(-1), nms_iou)
-    kept = torch.zeros_like(scores.reshape(-1)).scatter(0, keep, 1.0).reshape(batch, num)
-    scores = scores * kept * (scores > score_thr).to(scores.dtype)
-    # zero padding guarantees K columns even when fewer candidates exist
-    scores = torch.cat([scores, scores.new_zeros(batch, max_det)], dim=1)
-    boxes = torch.cat([boxes, boxes.new_zeros(batch, max_det, 4)], dim=1)
-    labels = torch.cat([labels, labels.new_zeros(batch, max_det)], dim=1)
-    top_scores, idx = scores.topk(max_det, dim=1)
-    valid = (top_scores > 0).to(boxes.dtype)
-    top_boxes = boxes.gather(1, idx[..., None].expand(-1, -1, 4)) * valid[..., None]
-    top_labels = labels.gather(1, idx) * valid.to(labels.dtype)
-    return top_boxes, top_scores, top_labels
+    return nms_fixed_rows(boxes, scores, labels, outputs["cls"][0].shape[-1], max_det, nms_iou, score_thr)
