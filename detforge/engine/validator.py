@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from detforge.data.augment.fit import boxes_to_original
 from detforge.data.polygons import masks_to_original
 from detforge.engine import distributed as dist_utils
 from detforge.eval.coco import encode_masks, object_areas, outline_segmentation
@@ -28,13 +29,8 @@ LOG = logging.getLogger("detforge")
 
 def to_original(boxes: np.ndarray, meta: dict) -> np.ndarray:
     """Input-tensor pixels -> original-image pixels, clipped to the image."""
-    sx, sy = meta["scale"]
-    px, py = meta["pad"]
     h, w = meta["orig_size"]
-    out = boxes.astype(np.float32).copy()
-    out[:, [0, 2]] = ((out[:, [0, 2]] - px) / sx).clip(0, w)
-    out[:, [1, 3]] = ((out[:, [1, 3]] - py) / sy).clip(0, h)
-    return out
+    return boxes_to_original(boxes, meta["scale"], meta["pad"], w, h)
 
 
 @torch.no_grad()
