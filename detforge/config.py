@@ -58,7 +58,7 @@ class TrainConfig(BaseModel):
     # schedule
     epochs: int = Field(100, ge=1)
     optimizer: Optimizer = "auto"
-    lr0: float | None = Field(None, gt=0, description="initial lr (default: from optimizer/model recipe)")
+    lr0: float | None = Field(None, gt=0, description="initial lr (default: from the family defaults, else the optimizer's)")
     lrf: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of lr0")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float | None = Field(None, ge=0)

@@ -225,7 +225,7 @@ def resolve_train_config(args: dict[str, Any]) -> ResolvedConfig:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     epochs = int(saved.get("epochs", current("epochs")))
-    family = {k: v for k, v in spec.recipe(epochs, bool(saved.get("pretrained", current("pretrained")))).items()
+    family = {k: v for k, v in spec.defaults(epochs, bool(saved.get("pretrained", current("pretrained")))).items()
               if k not in FAMILY_SKIP}
     unknown = sorted(set(family) - set(defaults))
     if unknown:

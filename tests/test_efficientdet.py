@@ -60,7 +60,7 @@ def test_bad_arguments_are_refused():
 
 
 def test_recipe_is_seed_002_and_a_valid_train_config():
-    rec = get_spec("efficientdet-d0").recipe(25, False)
+    rec = get_spec("efficientdet-d0").defaults(25, False)
     cfg = build_config(preset=rec)
     assert cfg.optimizer == "sgd" and cfg.momentum == 0.9 and cfg.weight_decay == 4e-5
     assert cfg.scheduler == "cosine" and cfg.warmup_epochs == 1.0 and cfg.ema and cfg.ema_decay == 0.9998 and cfg.amp

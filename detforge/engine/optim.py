@@ -51,7 +51,7 @@ DEFAULT_WEIGHT_DECAY = {
 AUTO_SGD_MIN_ITERATIONS = 10_000
 
 def _pick(cfg: TrainConfig, recipe: dict[str, Any], key: str, fallback: Any = None) -> Any:
-    """The user's value if set, else the family recipe's, else the config default / fallback."""
+    """The user's value if set, else the family defaults', else the config default / fallback."""
     value = getattr(cfg, key)
     if key in cfg.model_fields_set and value is not None:
         return value

@@ -4,7 +4,7 @@ A ``ModelSpec`` holds everything the engine needs to know about a model *before*
 so the configuration can be resolved once, with no family names in the engine:
 
 - ``build(num_classes=..., **options)``: the constructor;
-- ``recipe(epochs, pretrained)``: the family's default training settings as TrainConfig keys
+- ``defaults(epochs, pretrained)``: the family defaults, its training settings as TrainConfig keys
   (run sizes such as imgsz / batch / epochs are never in it);
 - ``options(cfg)``: the constructor keyword arguments the family takes from the resolved
   config (loss settings, anchors, ASFF, ...);
@@ -31,7 +31,7 @@ from typing import Any, Callable
 from detforge.models.base import DetectionModel
 
 
-def no_recipe(epochs: int, pretrained: bool = False) -> dict[str, Any]:
+def no_defaults(epochs: int, pretrained: bool = False) -> dict[str, Any]:
     return {}
 
 
@@ -46,7 +46,7 @@ class ModelSpec:
     family: str
     build: Callable[..., DetectionModel]  # build(num_classes=..., **options)
     description: str = ""
-    recipe: Callable[[int, bool], dict[str, Any]] = no_recipe
+    defaults: Callable[[int, bool], dict[str, Any]] = no_defaults
     options: Callable[[Any], dict[str, Any]] = default_options
     load_weights: Callable[[DetectionModel, str], Any] | None = None
     published: dict[str, Any] = field(default_factory=dict)

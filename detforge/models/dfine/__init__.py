@@ -40,7 +40,7 @@ for _size in SIZES:
         family="dfine",
         build=partial(DFine, _size),
         description=f"D-FINE-{_size.upper()} ({_BACKBONES[_size]}); NMS-free real-time DETR",
-        recipe=_recipe(_size),
+        defaults=_recipe(_size),
         options=_options,
     ))
 

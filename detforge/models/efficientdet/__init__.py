@@ -18,7 +18,7 @@ for _size, _cfg in SIZES.items():
         build=build_efficientdet(_size),
         description=(f"EfficientDet-{_size.upper()}: {_cfg.backbone} + {_cfg.bifpn_layers}x BiFPN ({_cfg.channels} ch), "
                      f"{_cfg.image_size} px in the paper ({_PARAMS[_size]} params at 90 classes)"),
-        recipe=recipe,
+        defaults=recipe,
         load_weights=load_effdet,
     ))
 

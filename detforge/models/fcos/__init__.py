@@ -11,6 +11,6 @@ _DESCRIPTIONS = {
 
 for _size in SIZES:
     register(ModelSpec(name=f"fcos-{_size}", family="fcos", build=build_fcos(_size), description=_DESCRIPTIONS[_size],
-                       recipe=lambda epochs, pretrained=False: FCOS.recipe()))
+                       defaults=lambda epochs, pretrained=False: FCOS.recipe()))
 
 __all__ = ["FCOS", "SIZES", "build_fcos"]

@@ -32,7 +32,7 @@ for _name, _arch in ARCHS.items():
         family="rcnn",
         build=build_rcnn(_name),
         description=_arch.description,
-        recipe=rcnn_recipe,
+        defaults=rcnn_recipe,
         options=_options,
         load_weights=load_torchvision_weights,
     ))

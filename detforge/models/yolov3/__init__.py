@@ -22,7 +22,7 @@ for _name, _size in SIZES.items():
         family="yolov3",
         build=build_yolov3(_name),
         description=_size.description + "; asff=true adds adaptive fusion",
-        recipe=yolov3_recipe,
+        defaults=yolov3_recipe,
         options=yolov3_options,
         load_weights=load_weights,
         prepare=_prepare(6 if _size.tiny else 9),
