@@ -174,6 +174,22 @@ def test_batched_path_equals_torchvision_inference(name):
             assert torch.equal(pasted[torch.from_numpy(same)], det["masks"][torch.from_numpy(same)])
 
 
+def test_large_eval_batch_runs_in_chunks():
+    """A validation batch larger than EVAL_CHUNK goes through in chunks with the same results
+    as image by image (up to float noise of batch-size dependent kernels)."""
+    from detforge.models.rcnn.model import EVAL_CHUNK
+
+    images, _ = _scene(EVAL_CHUNK + 2, size=128)
+    model = _calibrated("faster-rcnn-mbv3", images, proposals=300)
+    with torch.no_grad():
+        whole = model(images)
+        alone = [model(images[i : i + 1])[0] for i in range(len(images))]
+    assert len(whole) == len(images)
+    for a, b in zip(whole, alone):
+        assert len(a["scores"]) == len(b["scores"])
+        assert torch.allclose(a["scores"], b["scores"], atol=1e-5) and torch.allclose(a["boxes"], b["boxes"], atol=1e-3)
+
+
 def _save_state(tmp_path, name, state):
     path = tmp_path / name
     torch.save(state, path)

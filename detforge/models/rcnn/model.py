@@ -54,6 +54,10 @@ LOG = logging.getLogger("detforge")
 # torchvision's defaults are 0.05 and 100; detforge's families keep low-score candidates for mAP
 SCORE_THRESH = 0.001
 DETECTIONS_PER_IMAGE = 100
+# evaluation runs at most this many images through the RoI heads at once: each image's 1000
+# proposals hold 1000 x 256 x 7 x 7 pooled features (50 MB), and R50-FPN v2's 4-conv box head
+# keeps four such tensors; a 32-image validation batch would need several GB at once
+EVAL_CHUNK = 8
 
 
 class Arch:
@@ -218,6 +222,10 @@ class TorchvisionRCNN(DetectionModel):
             if targets is None:
                 raise ValueError(f"{self.arch}: training forward needs targets (boxes, labels)")
             tv_targets = self._torchvision_targets(images, targets)
+        elif images.shape[0] > EVAL_CHUNK:
+            # every image is processed on its own after the backbone anyway (eval-mode norms);
+            # chunks bound the RoI-head memory of a large validation batch
+            return [det for chunk in images.split(EVAL_CHUNK) for det in self(chunk)]
         image_list, tv_targets = self.transform(list(images), tv_targets)
         features = self.backbone(image_list.tensors)
         if isinstance(features, torch.Tensor):
