@@ -67,7 +67,7 @@ class Detector:
         args.update(overrides)
         if cfg_file:
             args["cfg"] = cfg_file
-        from detforge.resolve import resolve_train_config
+        from detforge.engine.resolve import resolve_train_config
 
         trainer = Trainer(resolve_train_config(args))  # pretrained=NAME is fetched there
         metrics = trainer.train()
@@ -87,7 +87,7 @@ class Detector:
         from detforge.data.loader import build_dataloader
         from detforge.engine.validator import evaluate
 
-        from detforge.resolve import command_config
+        from detforge.engine.resolve import command_config
 
         cfg = command_config("val", {"model": self.source, **overrides}, base=self._settings())
         device = select_device(cfg.device)

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from detforge.config import FIELDS, ConfigError, closest_key
 from detforge.errors import DetforgeError
-from detforge.resolve import command_config, parse_args, read_user_layers
+from detforge.engine.resolve import command_config, parse_args, read_user_layers
 
 LOG = logging.getLogger("detforge")
 
@@ -37,7 +37,7 @@ def _given(argv: list[str], command: str) -> tuple[dict[str, Any], set[str]]:
 
 def cmd_train(argv: list[str]) -> int:
     from detforge.engine.trainer import Trainer
-    from detforge.resolve import resolve_train_config
+    from detforge.engine.resolve import resolve_train_config
 
     resolved = resolve_train_config(parse_args(argv))  # pretrained=NAME is fetched there, once
     if "," in resolved.cfg.device:  # from the command line or the cfg file
@@ -134,7 +134,7 @@ def cmd_models(argv: list[str]) -> int:
 def cmd_help(argv: list[str]) -> int:
     """`detforge help keys [COMMAND]`: each key with its default, allowed values and meaning."""
     if argv and argv[0] == "keys":
-        from detforge.resolve import COMMANDS_WITH_KEYS, describe_keys
+        from detforge.engine.resolve import COMMANDS_WITH_KEYS, describe_keys
 
         commands = argv[1:] or list(COMMANDS_WITH_KEYS)
         for command in commands:

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 from omegaconf import OmegaConf
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 
 class ConfigError(ValueError):
@@ -398,3 +398,34 @@ def build_config(
 
 def config_to_yaml(cfg: BaseModel) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def action_options(command: str, args: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Keys of the sub-commands (``bench latency``, ``data convert``, ...) that have their own
+    small key sets: ``defaults`` overlaid with ``args``, validated by pydantic like every other
+    command's keys (each value takes its default's type; an unknown key is refused with the
+    closest one)."""
+    unknown = [k for k in args if k not in defaults]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(defaults), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{command}: unknown key '{key}'{hint} Allowed: {', '.join(sorted(defaults))}")
+    # a text key given a bool or number (fake_data=false, batch=2) keeps it as text
+    args = {k: (str(v).lower() if isinstance(v, bool) else v) if isinstance(defaults[k], str) else v
+            for k, v in args.items()}
+    fields = {k: (_field_type(v), v) for k, v in defaults.items()}
+    schema = create_model("ActionOptions", __config__=ConfigDict(coerce_numbers_to_str=True), **fields)
+    try:
+        return schema(**{**defaults, **args}).model_dump()
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        expected = {int: "an integer", float: "a number", bool: "true or false"}.get(_field_type(defaults[key]), "text")
+        raise ConfigError(f"{command}: bad value {first.get('input')!r} for '{key}': expected {expected}") from None
+
+
+def _field_type(default: Any) -> Any:
+    if default is None:
+        return Any
+    return type(default)

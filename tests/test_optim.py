@@ -11,7 +11,7 @@ from torch import nn
 
 from detforge.config import TrainConfig
 from detforge.engine.optim import build_optimizer, lr_scale_factor
-from detforge.resolve import resolve_train_config
+from detforge.engine.resolve import resolve_train_config
 
 
 class TinyDetector(nn.Module):

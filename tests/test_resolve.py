@@ -7,7 +7,7 @@ import yaml
 
 from detforge.cli import main
 from detforge.config import ConfigError, TrainConfig
-from detforge.resolve import (
+from detforge.engine.resolve import (
     COMMANDS_WITH_KEYS,
     command_config,
     command_keys,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from detforge.config import ConfigError
-from detforge.resolve import action_options
+from detforge.config import ConfigError, action_options
+
 
 
 def int_list(value: Any, key: str) -> list[int]:

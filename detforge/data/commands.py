@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from detforge.config import ConfigError
-from detforge.resolve import action_options
+from detforge.config import ConfigError, action_options
 
 LOG = logging.getLogger("detforge")
 

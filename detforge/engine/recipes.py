@@ -1,5 +1,5 @@
 """Published training recipes, chosen with ``recipe=NAME``: a layer of settings between a
-model family's defaults and the user's own (see detforge/resolve.py). ``recipe=default``
+model family's defaults and the user's own (see detforge/engine/resolve.py). ``recipe=default``
 adds nothing."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The training loop: AMP, accumulation, clipping, EMA, schedule, validation, early stop,
-checkpoints and resume. One class, driven by one resolved configuration (detforge/resolve.py)
+checkpoints and resume. One class, driven by one resolved configuration (detforge/engine/resolve.py)
 that it only reads; it never names a model family.
 
 Reproducibility: every epoch reseeds torch/numpy/random from (seed, epoch) and the data
@@ -46,7 +46,7 @@ from detforge.engine.validator import evaluate
 from detforge.errors import NonFiniteLossError
 from detforge.eval.evaluator import fitness as fitness_of
 from detforge.models.zoo import build_model, get_spec
-from detforge.resolve import ResolvedConfig, resolve_train_config
+from detforge.engine.resolve import ResolvedConfig, resolve_train_config
 from detforge.utils.runtime import (
     add_file_log,
     increment_path,

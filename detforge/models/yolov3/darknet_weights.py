@@ -135,10 +135,11 @@ def save_darknet_weights(model, path: str | Path, seen: int = 0) -> Path:
 
 
 def load_weights(model, path: str | Path) -> dict[str, Any]:
-    """``pretrained=PATH`` for YOLOv3: a Darknet ``.weights`` file, or anything else the engine's
-    generic name-and-shape loader reads (a detforge checkpoint)."""
-    if Path(path).suffix.lower() == ".weights":
-        return load_darknet_weights(model, path)
-    from detforge.engine.checkpoint import load_pretrained
+    """``pretrained=PATH`` for YOLOv3's published files: Darknet ``.weights`` (detforge
+    checkpoints never reach here: the engine loads those by name and shape)."""
+    if Path(path).suffix.lower() != ".weights":
+        from detforge.errors import CheckpointError
 
-    return load_pretrained(model, path)
+        raise CheckpointError(f"{path}: YOLOv3 reads Darknet .weights files or detforge checkpoints; "
+                              "this is neither")
+    return load_darknet_weights(model, path)
