@@ -523,7 +523,7 @@ def test_recipe_is_a_valid_train_config():
     cfg = build_config(preset=recipe)
     assert cfg.mixup_mode == "geometry" and cfg.mixup > 0 and cfg.scheduler == "cosine"
     assert 0 < cfg.label_smoothing <= 0.1 and cfg.multi_scale > 0 and cfg.sync_bn
-    assert get_spec("yolov3").recipe(25, False) == recipe
+    assert get_spec("yolov3").defaults(25, False) == recipe
     assert cfg.optimizer == "adamw" and cfg.close_mosaic == 4 and yolov3_recipe(100)["close_mosaic"] == 15
     assert "backbone_lr_mult" not in recipe and yolov3_recipe(25, pretrained=True)["backbone_lr_mult"] == 0.1
 
