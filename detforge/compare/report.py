@@ -91,11 +91,12 @@ def plot(per_dataset: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, tit
             ax.annotate(r["model"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
         if lat.size and lat.max() / max(lat.min(), 1e-9) > 20:
             ax.set_xscale("log")
+        ax.margins(x=0.18, y=0.08)  # room for the labels of the outermost points
         ax.set_xlabel("p50 latency (ms)")
         ax.set_ylabel("mAP50-95")
         ax.set_title(dataset, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)  # off the points
     for ax in axes[n:]:
         ax.set_visible(False)
     fig.suptitle(title, fontsize=10)
