@@ -10,15 +10,9 @@ import torch
 from torchvision.ops import box_convert
 
 from detforge.models.dfine.box_ops import bbox2distance, cxcywh_to_xyxy, edge_distances, paired_box_iou
-from detforge.models.dfine.criterion import (
-    DFineCriterion,
-    box_regression_losses,
-    decoupled_distillation_loss,
-    denoising_matches,
-    fine_grained_localization_loss,
-    union_of_matches,
-)
+from detforge.models.dfine.criterion import DFineCriterion, denoising_matches, union_of_matches
 from detforge.models.dfine.fdr import distance2bbox, weighting_function
+from detforge.models.dfine.loss_terms import box_regression_losses, decoupled_distillation_loss, fine_grained_localization_loss
 from detforge.models.dfine.matcher import HungarianMatcher
 
 REG_MAX = 32
