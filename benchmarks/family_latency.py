@@ -29,9 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from detforge.api import Detector  # noqa: E402
-from detforge.compare.measure import latency_session  # noqa: E402
-
-FORMATS = {"onnxruntime": ("onnx", ".onnx"), "openvino": ("openvino", ".xml")}
+from detforge.compare.measure import EXPORT_FORMAT, EXPORT_SUFFIX, latency_session  # noqa: E402
 
 
 def parse_models(text: str) -> list[tuple[str, str]]:
@@ -65,9 +63,9 @@ def main() -> int:
         rows[label] = {"model": label, "weights": source if trained else f"fresh ({args.classes} classes)",
                        "params_m": sum(p.numel() for p in det.model.parameters()) / 1e6}
         for runtime in runtimes:
-            fmt, suffix = FORMATS[runtime]
+            fmt = EXPORT_FORMAT[runtime]
             start = time.perf_counter()
-            path = det.export(format=fmt, out=work / f"{label}_{args.imgsz}{suffix}", imgsz=args.imgsz, batch=1)
+            path = det.export(format=fmt, out=work / f"{label}_{args.imgsz}{EXPORT_SUFFIX[fmt]}", imgsz=args.imgsz, batch=1)
             print(f"{label}: {fmt} export {time.perf_counter() - start:.1f} s -> {path}", flush=True)
             files[runtime][label] = Path(path)
     for runtime in runtimes:

@@ -8,7 +8,6 @@ from typing import Any
 from detforge.config import ConfigError, action_options
 
 
-
 def int_list(value: Any, key: str) -> list[int]:
     """1 | "1,2,4" | [1, 2] -> [1, 2, 4]; every entry a positive integer."""
     items = value if isinstance(value, (list, tuple)) else str(value).replace(" ", "").split(",")

@@ -149,10 +149,10 @@ def run_compare(s: CompareSettings) -> dict[str, Any]:
     payload = {"settings": settings, "machine": report.machine(), "datasets": per_dataset, "mean_rank": ranks,
                "failed": sorted(f"{t}/{m}" for t, m in failed), "seconds": round(time.time() - t0, 1)}
     report.write_json(payload, s.out / "compare.json")
-    trained = sorted({int(r["epochs"]) for r in rows if r.get("epochs")})  # finished runs keep their own count
-    epochs = f"{trained[0]} epochs" if len(trained) == 1 else "epochs per model in compare.csv"
+    trained = {int(r["epochs"]) for r in rows if r.get("epochs")} or {s.epochs}  # runs= keep their own count
+    epochs = f"{trained.pop()} epochs" if len(trained) == 1 else "epochs per model in compare.csv"
     title = (f"detforge compare | {s.runtime}, batch {s.latency_batch}, threads {s.threads or 'default'} | "
-             f"imgsz {s.imgsz} | {epochs if trained else f'{s.epochs} epochs'}")
+             f"imgsz {s.imgsz} | {epochs}")
     if rows:
         report.plot({t: d["rows"] for t, d in per_dataset.items() if d["rows"]}, s.out / "compare.png", title)
     return payload
