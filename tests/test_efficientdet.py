@@ -6,11 +6,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
-from torchvision.ops import box_iou
 
 from detforge.config import build_config
 from detforge.errors import CheckpointError
@@ -19,6 +17,8 @@ from detforge.models.efficientdet.anchors import decode, encode, level_anchors
 from detforge.models.efficientdet.loss import focal_loss, huber, match_anchors
 from detforge.models.efficientdet.weights import NAME_MAP, to_detforge, to_effdet
 from detforge.models.zoo import available, build_model, get_spec
+
+from dense_helpers import check_postprocess_matches_export, synthetic_rectangles as _synthetic_rectangles, targets as _targets
 
 # effdet.create_model('tf_efficientdet_dX', num_classes=90): 3,880,067 / 6,625,898 / 8,097,039 /
 # 12,032,296 parameters (effdet 0.4.1, timm 1.0.31), i.e. the paper's 3.9M / 6.6M / 8.1M / 12.0M
@@ -29,13 +29,6 @@ BCCD = Path("/work/shared/datasets/bccd")
 
 def _n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _targets(boxes, labels, weights=None):
-    t = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.long)}
-    if weights is not None:
-        t["weights"] = torch.tensor(weights, dtype=torch.float32)
-    return t
 
 
 def test_registered_sizes_and_param_counts_equal_effdet_and_paper():
@@ -287,24 +280,7 @@ def _peaked_model(num_classes: int = 3) -> EfficientDet:
 
 
 def test_postprocess_sorted_in_image_and_same_as_export_forward():
-    model = _peaked_model()
-    images = torch.rand(2, 3, 128, 160)
-    with torch.no_grad():
-        dets = model.postprocess(model(images), (128, 160), max_det=40)
-        boxes, scores, labels = model.export_forward(images, max_det=60)
-    assert boxes.shape == (2, 60, 4) and scores.shape == (2, 60) and labels.shape == (2, 60)
-    for i, d in enumerate(dets):
-        n = len(d["scores"])
-        assert 0 < n <= 40
-        assert bool((d["scores"][1:] <= d["scores"][:-1]).all())
-        b = d["boxes"]
-        assert bool((b[:, :2] >= 0).all() and (b[:, 2] <= 160).all() and (b[:, 3] <= 128).all())
-        assert set(d["labels"].tolist()) <= {0, 1, 2}
-        assert torch.allclose(boxes[i, :n], b) and torch.equal(labels[i, :n], d["labels"])
-        assert torch.allclose(scores[i, :n], d["scores"])
-        for c in d["labels"].unique():  # NMS at 0.5 within a class
-            same = b[d["labels"] == c]
-            assert box_iou(same, same).fill_diagonal_(0).max().item() <= 0.5 + 1e-6
+    check_postprocess_matches_export(_peaked_model(), 128, 160, nms_iou=0.5)
 
 
 def test_deploy_folds_batchnorm_and_keeps_outputs():
@@ -354,27 +330,6 @@ def test_onnx_export_equals_torch_on_bccd_images(tmp_path):
 
 
 # ---- training ----------------------------------------------------------------------------
-
-def _synthetic_rectangles(n_images: int = 4, size: int = 128, seed: int = 0):
-    """Filled rectangles on grey: class 0 red, class 1 blue, 3 per image, apart from each other."""
-    rng = np.random.default_rng(seed)
-    images, targets = [], []
-    for _ in range(n_images):
-        img = np.full((size, size, 3), 90, np.uint8)
-        boxes, labels = [], []
-        while len(boxes) < 3:
-            w, h = rng.integers(20, 50, 2)
-            x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
-            if any(x0 < b[2] + 4 and b[0] < x0 + w + 4 and y0 < b[3] + 4 and b[1] < y0 + h + 4 for b in boxes):
-                continue
-            label = len(boxes) % 2
-            cv2.rectangle(img, (int(x0), int(y0)), (int(x0 + w - 1), int(y0 + h - 1)), (230, 40, 40) if label == 0 else (40, 40, 230), -1)
-            boxes.append([x0, y0, x0 + w, y0 + h])
-            labels.append(label)
-        images.append(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
-        targets.append(_targets(boxes, labels))
-    return torch.stack(images), targets
-
 
 def _overfit(images, targets, steps: int, lr: float) -> list[float]:
     torch.manual_seed(0)

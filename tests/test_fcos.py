@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import math
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -18,14 +17,9 @@ from detforge.models.fcos.head import grid_points
 from detforge.models.fcos.loss import centerness_target
 from detforge.models.zoo import available, build_model
 
+from dense_helpers import check_postprocess_matches_export, synthetic_rectangles as _synthetic_rectangles, targets as _targets
+
 PARAMS_3_CLASSES = {"fcos-n": 1_692_187, "fcos-s": 6_741_547, "fcos-m": 17_589_915}
-
-
-def _targets(boxes, labels, weights=None):
-    t = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.long)}
-    if weights is not None:
-        t["weights"] = torch.tensor(weights, dtype=torch.float32)
-    return t
 
 
 def _background():
@@ -166,30 +160,7 @@ def _peaked_model(num_classes: int = 3) -> FCOS:
 
 
 def test_postprocess_sorted_in_image_and_same_as_export_forward():
-    model = _peaked_model()
-    images = torch.rand(2, 3, 96, 128)
-    with torch.no_grad():
-        dets = model.postprocess(model(images), (96, 128), max_det=40)
-        boxes, scores, labels = model.export_forward(images, max_det=60)
-    assert boxes.shape == (2, 60, 4) and scores.shape == (2, 60) and labels.shape == (2, 60)
-    for i, d in enumerate(dets):
-        n = len(d["scores"])
-        assert 0 < n <= 40
-        assert bool((d["scores"][1:] <= d["scores"][:-1]).all())
-        b = d["boxes"]
-        assert bool((b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 3] <= 96).all())
-        assert bool((b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all())
-        assert set(d["labels"].tolist()) <= {0, 1, 2}
-        # the fixed-size graph output holds the same detections, then zero rows
-        assert torch.allclose(boxes[i, :n], b) and torch.equal(labels[i, :n], d["labels"])
-        assert torch.allclose(scores[i, :n], d["scores"])
-        kept = int((scores[i] > 0).sum())
-        assert bool((scores[i, kept:] == 0).all() and (boxes[i, kept:] == 0).all())
-        # NMS at 0.6: no two kept boxes of one class overlap more
-        for c in d["labels"].unique():
-            same = b[d["labels"] == c]
-            iou = box_iou(same, same).fill_diagonal_(0)
-            assert iou.max().item() <= 0.6 + 1e-6
+    check_postprocess_matches_export(_peaked_model(), 96, 128, nms_iou=0.6)
 
 
 def test_deploy_fuses_batchnorm_and_keeps_outputs():
@@ -247,28 +218,6 @@ def test_onnx_export_matches_onnxruntime_at_two_sizes():
         assert np.abs(scores - ref_scores.numpy()).max() < 1e-5
         assert np.array_equal(labels, ref_labels.numpy())
         assert (scores > 0).sum() > 0
-
-
-def _synthetic_rectangles(n_images: int = 4, size: int = 128, seed: int = 0):
-    """Filled rectangles on grey: class 0 red, class 1 blue, 3 per image, apart from each other
-    (an occluded box could not be found, whatever the model)."""
-    rng = np.random.default_rng(seed)
-    images, targets = [], []
-    for _ in range(n_images):
-        img = np.full((size, size, 3), 90, np.uint8)
-        boxes, labels = [], []
-        while len(boxes) < 3:
-            w, h = rng.integers(20, 50, 2)
-            x0, y0 = rng.integers(0, size - w), rng.integers(0, size - h)
-            if any(x0 < b[2] + 4 and b[0] < x0 + w + 4 and y0 < b[3] + 4 and b[1] < y0 + h + 4 for b in boxes):
-                continue
-            label = len(boxes) % 2
-            cv2.rectangle(img, (int(x0), int(y0)), (int(x0 + w - 1), int(y0 + h - 1)), (230, 40, 40) if label == 0 else (40, 40, 230), -1)
-            boxes.append([x0, y0, x0 + w, y0 + h])
-            labels.append(label)
-        images.append(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
-        targets.append(_targets(boxes, labels))
-    return torch.stack(images), targets
 
 
 def test_fcos_n_overfits_four_synthetic_images():

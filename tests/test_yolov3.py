@@ -21,7 +21,6 @@ from detforge.models.yolov3 import YOLOv3, best_possible_recall, fit_anchors, lo
 from detforge.models.yolov3.anchors import as_anchor_array, default_anchors, mean_best_iou
 from detforge.models.yolov3.asff import ASFF
 from detforge.models.yolov3.assigner import assign_anchors
-from detforge.models.yolov3.blocks import ConvBNLeaky
 from detforge.models.yolov3.loss import smoothed_class_targets
 from detforge.models.yolov3.options import prepare_anchors, yolov3_options
 from detforge.models.yolov3.recipe import yolov3_recipe
@@ -30,7 +29,7 @@ from detforge.records import Sample
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import BCCD  # noqa: E402
-from test_fcos import _synthetic_rectangles  # noqa: E402
+from dense_helpers import check_postprocess_matches_export, synthetic_rectangles as _synthetic_rectangles, targets as _targets  # noqa: E402
 
 # Parameters at 80 classes of Darknet's cfg files, counted with the parser below from
 # cfg/yolov3.cfg, cfg/yolov3-spp.cfg and cfg/yolov3-tiny.cfg of pjreddie/darknet (blobs 938ffff,
@@ -92,13 +91,6 @@ def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.uniform_(0.5, 2.0)
             torch.nn.init.uniform_(m.weight, 0.5, 1.5)
             torch.nn.init.uniform_(m.bias, -0.2, 0.2)
-
-
-def _targets(boxes, labels, weights=None):
-    t = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), "labels": torch.tensor(labels, dtype=torch.long)}
-    if weights is not None:
-        t["weights"] = torch.tensor(weights, dtype=torch.float32)
-    return t
 
 
 # ---------------------------------------------------------------- sizes and the cfg layout
@@ -440,23 +432,7 @@ def _peaked_model(name: str = "yolov3-tiny", num_classes: int = 3, imgsz: int = 
 
 
 def test_postprocess_sorted_clipped_and_same_as_export_forward():
-    model = _peaked_model(imgsz=128)
-    images = torch.rand(2, 3, 96, 128)
-    with torch.no_grad():
-        dets = model.postprocess(model(images), (96, 128), max_det=40)
-        boxes, scores, labels = model.export_forward(images, max_det=60)
-    assert boxes.shape == (2, 60, 4) and scores.shape == (2, 60) and labels.shape == (2, 60)
-    for i, d in enumerate(dets):
-        n = len(d["scores"])
-        assert 0 < n <= 40
-        assert bool((d["scores"][1:] <= d["scores"][:-1]).all())
-        b = d["boxes"]
-        assert bool((b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= 128).all() and (b[:, 3] <= 96).all())
-        assert torch.allclose(boxes[i, :n], b) and torch.equal(labels[i, :n], d["labels"])
-        assert torch.allclose(scores[i, :n], d["scores"])
-        for c in d["labels"].unique():
-            same = b[d["labels"] == c]
-            assert box_iou(same, same).fill_diagonal_(0).max().item() <= 0.6 + 1e-6
+    check_postprocess_matches_export(_peaked_model(imgsz=128), 96, 128, nms_iou=0.6)
 
 
 def test_deploy_fuses_batchnorm_and_keeps_outputs():

@@ -11,25 +11,23 @@ and export.
 
 from __future__ import annotations
 
-from typing import Any
-
 import timm
 import torch
 
-from detforge.models.base import DetectionModel
+from detforge.models.dense import DenseDetector
 from detforge.models.efficientdet.anchors import NUM_ANCHORS, level_anchors
 from detforge.models.efficientdet.bifpn import BiFPN
 from detforge.models.efficientdet.blocks import Projection, SeparableConv
 from detforge.models.efficientdet.head import HeadNet
 from detforge.models.efficientdet.loss import EfficientDetLoss
-from detforge.models.efficientdet.postprocess import export_detections, postprocess_detections
+from detforge.models.efficientdet.postprocess import select_candidates
 from detforge.models.efficientdet.sizes import NUM_LEVELS, SIZES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class EfficientDet(DetectionModel):
+class EfficientDet(DenseDetector):
     family = "efficientdet"
     stride = 32
     backbone_prefixes = ("backbone.",)
@@ -97,22 +95,8 @@ class EfficientDet(DetectionModel):
         return {"cls": self.class_head(feats), "box": self.box_head(feats),
                 "anchors": self.anchors(feats, images.shape[-2:])}
 
-    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        outputs = self.raw_outputs(images)
-        if self.training and targets is not None:
-            return self.criterion(outputs, targets)
-        return outputs
-
-    def compute_loss(self, outputs: dict[str, list[torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Weighted loss terms for raw outputs of an eval-mode forward (validation loss)."""
-        return self.criterion(outputs, targets)
-
-    def postprocess(self, outputs: Any, input_hw: tuple[int, int], max_det: int = 300) -> list[dict[str, torch.Tensor]]:
-        return postprocess_detections(outputs, input_hw, max_det, self.pre_nms_topk, self.nms_iou, self.score_thr)
-
-    def export_forward(self, images: torch.Tensor, max_det: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outputs = self.raw_outputs(images)
-        return export_detections(outputs, images.shape[-2:], max_det, self.pre_nms_topk, self.nms_iou, self.score_thr)
+    def candidates(self, outputs: dict[str, list[torch.Tensor]], input_hw):
+        return select_candidates(outputs, input_hw, self.pre_nms_topk)
 
     def deploy(self) -> "EfficientDet":
         """Fold the BiFPN's and heads' BatchNorms into their convs (the heads get a per-level copy

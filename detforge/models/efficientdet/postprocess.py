@@ -3,7 +3,7 @@
 batched_nms), ``max_det`` best per image. The official defaults: NMS IoU 0.5, 5000 candidates
 over all levels (here 1000 per level).
 
-``select_candidates`` serves the eager path and the export graph alike. It pads each level with
+``select_candidates`` serves the eager path and the export graph alike (models/dense.py). It pads each level with
 zero-score rows before its top-k, so ``topk`` never asks for more elements than exist at any
 input size and the graph needs no shape branches.
 """
@@ -14,7 +14,6 @@ import torch
 from torchvision.ops import clip_boxes_to_image
 
 from detforge.models.efficientdet.anchors import decode
-from detforge.models.nms import nms_fixed_rows, nms_per_image
 
 
 def select_candidates(outputs: dict[str, list[torch.Tensor]], input_hw, pre_nms_topk: int):
@@ -36,18 +35,3 @@ def select_candidates(outputs: dict[str, list[torch.Tensor]], input_hw, pre_nms_
         all_labels.append(flat_idx % num_classes)
     boxes = clip_boxes_to_image(torch.cat(all_boxes, dim=1), input_hw)
     return boxes, torch.cat(all_scores, dim=1), torch.cat(all_labels, dim=1)
-
-
-def postprocess_detections(outputs, input_hw: tuple[int, int], max_det: int, pre_nms_topk: int,
-                           nms_iou: float, score_thr: float) -> list[dict[str, torch.Tensor]]:
-    """Eager path: one dict per image, ``boxes`` xyxy input px, ``scores`` descending, ``labels``."""
-    boxes, scores, labels = select_candidates(outputs, tuple(int(v) for v in input_hw), pre_nms_topk)
-    return nms_per_image(boxes, scores, labels, max_det, nms_iou, score_thr)
-
-
-def export_detections(outputs, input_hw, max_det: int, pre_nms_topk: int, nms_iou: float,
-                      score_thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Graph path: fixed-size (boxes [B, K, 4], scores [B, K], labels [B, K]), K = ``max_det``,
-    rows past the detections zero (detforge.models.nms: one NMS op for the whole batch)."""
-    boxes, scores, labels = select_candidates(outputs, input_hw, pre_nms_topk)
-    return nms_fixed_rows(boxes, scores, labels, outputs["cls"][0].shape[-1], max_det, nms_iou, score_thr)

@@ -8,13 +8,13 @@ from typing import Any
 
 import torch
 
-from detforge.models.base import DetectionModel
+from detforge.models.dense import DenseDetector
 from detforge.models.fcos.backbone import CSPBackbone
 from detforge.models.fcos.blocks import fuse_conv_bn
 from detforge.models.fcos.head import FCOSHead
 from detforge.models.fcos.loss import FCOSLoss
 from detforge.models.fcos.neck import PAN
-from detforge.models.fcos.postprocess import export_detections, postprocess_detections
+from detforge.models.fcos.postprocess import select_candidates
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -37,7 +37,7 @@ SIZES: dict[str, FCOSSize] = {
 }
 
 
-class FCOS(DetectionModel):
+class FCOS(DenseDetector):
     family = "fcos"
     stride = STRIDES[-1]
     backbone_prefixes = ("backbone.",)
@@ -77,22 +77,8 @@ class FCOS(DetectionModel):
         x = (images - self.pixel_mean) / self.pixel_std
         return self.head(self.neck(self.backbone(x)))
 
-    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        outputs = self.raw_outputs(images)
-        if self.training and targets is not None:
-            return self.criterion(outputs, targets)
-        return outputs
-
-    def compute_loss(self, outputs: dict[str, list[torch.Tensor]], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Weighted loss terms for raw outputs of an eval-mode forward (validation loss)."""
-        return self.criterion(outputs, targets)
-
-    def postprocess(self, outputs: Any, input_hw: tuple[int, int], max_det: int = 300) -> list[dict[str, torch.Tensor]]:
-        return postprocess_detections(outputs, input_hw, max_det, self.pre_nms_topk, self.nms_iou, self.score_thr)
-
-    def export_forward(self, images: torch.Tensor, max_det: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        outputs = self.raw_outputs(images)
-        return export_detections(outputs, images.shape[-2:], max_det, self.pre_nms_topk, self.nms_iou, self.score_thr)
+    def candidates(self, outputs: dict[str, list[torch.Tensor]], input_hw):
+        return select_candidates(outputs, input_hw, self.pre_nms_topk)
 
     def deploy(self) -> "FCOS":
         self.eval()

@@ -11,12 +11,12 @@ weights still fill them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from detforge.models.base import DetectionModel
+from detforge.models.dense import DenseDetector
 from detforge.models.yolov3.anchors import as_anchor_array, default_anchors
 from detforge.models.yolov3.asff import ASFF
 from detforge.models.yolov3.backbone import Darknet53, TinyDarknet
@@ -25,7 +25,7 @@ from detforge.models.yolov3.darknet_cfg import DarknetLayout
 from detforge.models.yolov3.head import YOLOHead
 from detforge.models.yolov3.loss import YOLOv3Loss
 from detforge.models.yolov3.neck import TinyNeck, YOLOv3Neck
-from detforge.models.yolov3.postprocess import export_detections, postprocess_detections, select_candidates
+from detforge.models.yolov3.postprocess import select_candidates
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ SIZES: dict[str, YOLOv3Size] = {
 }
 
 
-class YOLOv3(DetectionModel):
+class YOLOv3(DenseDetector):
     family = "yolov3"
     stride = 32
     backbone_prefixes = ("backbone.",)
@@ -101,26 +101,12 @@ class YOLOv3(DetectionModel):
             feats = self.asff(feats)
         return self.head(feats)
 
-    def forward(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        outputs = self.raw_outputs(images)
-        if self.training and targets is not None:
-            return self.criterion(outputs, targets, self.anchors)
-        return outputs
-
     def compute_loss(self, outputs: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Weighted loss terms for raw outputs of an eval-mode forward (validation loss)."""
+        """Weighted loss terms of raw outputs (the training forward; also the validation loss)."""
         return self.criterion(outputs, targets, self.anchors)
 
-    def _candidates(self, outputs: list[torch.Tensor], input_hw):
+    def candidates(self, outputs: list[torch.Tensor], input_hw):
         return select_candidates(outputs, self.anchors, self.strides, self.anchors_per_level, input_hw, self.pre_nms_topk)
-
-    def postprocess(self, outputs: Any, input_hw: tuple[int, int], max_det: int = 300) -> list[dict[str, torch.Tensor]]:
-        candidates = self._candidates(outputs, tuple(int(v) for v in input_hw))
-        return postprocess_detections(candidates, max_det, self.nms_iou, self.score_thr)
-
-    def export_forward(self, images: torch.Tensor, max_det: int = 300) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        candidates = self._candidates(self.raw_outputs(images), images.shape[-2:])
-        return export_detections(candidates, self.num_classes, max_det, self.nms_iou, self.score_thr)
 
     def deploy(self) -> "YOLOv3":
         self.eval()

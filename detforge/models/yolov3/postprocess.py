@@ -2,12 +2,10 @@
 (Darknet's), the ``pre_nms_topk`` best (anchor, cell, class) candidates per level, class-aware
 NMS (torchvision's ``batched_nms``), the ``max_det`` best per image.
 
-``select_candidates`` serves the eager path and the export graph alike, so both rank the same
-candidates. Each level is padded with zero-score rows before its top-k, so ``topk`` never asks
-for more elements than exist, whatever the input size, and the graph needs no shape branches.
-The export path runs one NMS for the whole batch, with boxes of each (image, class) shifted into
-their own coordinate range, and returns a fixed K = ``max_det`` rows per image (zeros past the
-detections), as the other families' graphs do.
+``select_candidates`` serves the eager path and the export graph alike (models/dense.py), so
+both rank the same candidates. Each level is padded with zero-score rows before its top-k, so
+``topk`` never asks for more elements than exist, whatever the input size, and the graph needs
+no shape branches.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import clip_boxes_to_image
 
-from detforge.models.nms import level_top_candidates, nms_fixed_rows, nms_per_image
+from detforge.models.nms import level_top_candidates
 from detforge.models.yolov3.decode import decode_boxes, split_level
 
 
@@ -35,14 +33,3 @@ def select_candidates(outputs: list[torch.Tensor], anchors: torch.Tensor, stride
             out.append(part)
     boxes = clip_boxes_to_image(torch.cat(all_boxes, dim=1), input_hw)
     return boxes, torch.cat(all_scores, dim=1), torch.cat(all_labels, dim=1)
-
-
-def postprocess_detections(candidates, max_det: int, nms_iou: float, score_thr: float) -> list[dict[str, torch.Tensor]]:
-    """Eager path: one dict per image, ``boxes`` xyxy input px, ``scores`` descending, ``labels``."""
-    return nms_per_image(*candidates, max_det, nms_iou, score_thr)
-
-
-def export_detections(candidates, num_classes: int, max_det: int, nms_iou: float,
-                      score_thr: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Graph path: (boxes [B, K, 4], scores [B, K], labels [B, K]), K = ``max_det``."""
-    return nms_fixed_rows(*candidates, num_classes, max_det, nms_iou, score_thr)
