@@ -25,7 +25,8 @@ commands:
   bench    latency | train | data | stability
   models   list the available models
 
-Each command takes its own keys: `detforge help keys COMMAND` lists them with their defaults.
+Each command takes its own keys: `detforge help keys COMMAND` lists those of train, val, predict,
+export, eval and compare with their defaults; `detforge data` and `detforge bench` print their usage.
 """
 
 
@@ -98,7 +99,7 @@ def cmd_eval(argv: list[str]) -> int:
 def cmd_data(argv: list[str]) -> int:
     from detforge.data.commands import data_command
 
-    if not argv or "=" in argv[0]:
+    if not argv or "=" in argv[0] or argv[0] in ("-h", "--help", "help"):
         raise ConfigError("usage: detforge data check|convert data=PATH [to=yolo|coco|voc out=DIR]")
     return data_command(argv[0], parse_args(argv[1:]))
 
@@ -106,7 +107,7 @@ def cmd_data(argv: list[str]) -> int:
 def cmd_bench(argv: list[str]) -> int:
     from detforge.bench.commands import bench_command
 
-    if not argv or "=" in argv[0]:
+    if not argv or "=" in argv[0] or argv[0] in ("-h", "--help", "help"):
         raise ConfigError("usage: detforge bench latency|train|data|stability key=value ...")
     return bench_command(argv[0], parse_args(argv[1:]))
 

@@ -33,6 +33,12 @@ def test_layers_apply_in_order_and_say_where_each_value_came_from(tmp_path):
     text = resolved.to_yaml()
     assert yaml.safe_load(text)["lr0"] == 0.002
     assert "optimizer: lars  # recipe=cooldet" in text.splitlines()
+    # ... and it trains the same run again: train keys only, no resume
+    saved = tmp_path / "config.yaml"
+    saved.write_text(text)
+    again = resolve_train_config({"cfg": str(saved)}).cfg
+    assert again.model_dump(exclude={"resume"}) == cfg.model_dump(exclude={"resume"})
+    assert "resume" not in yaml.safe_load(text) and "source" not in yaml.safe_load(text)
 
 
 def test_family_defaults_never_set_the_run_size():

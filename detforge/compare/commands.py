@@ -30,7 +30,7 @@ def _require_runtime(runtime: str) -> None:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise ConfigError("runtime=onnxruntime needs onnxruntime (pip install 'detforge[export]'), "
+            raise ConfigError("runtime=onnxruntime needs onnxruntime (pip install onnxruntime), "
                               "or use runtime=torch") from None
     elif runtime == "openvino":
         from detforge.export.openvino import require_openvino

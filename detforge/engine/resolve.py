@@ -165,9 +165,12 @@ class ResolvedConfig:
         return src.startswith(("cfg", "key=value", "resumed"))
 
     def to_yaml(self) -> str:
-        """The values as YAML (loadable as cfg=), each non-default one commented with its source."""
+        """The training keys as YAML, each non-default one commented with its source. Loaded
+        back as ``cfg=`` it trains the same run again: the other commands' keys and ``resume``
+        (which would continue the old run instead) are left out."""
         lines = []
-        for key, value in self.cfg.model_dump(mode="json").items():
+        keep = set(command_keys("train")) - {"resume"}
+        for key, value in self.cfg.model_dump(mode="json", include=keep).items():
             text = yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()
             text = text[1:-1] if text.startswith("{") and text.endswith("}") else text
             src = self.sources.get(key)
@@ -285,6 +288,16 @@ def _resumable_settings(path: Path, user: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ help
+# keys whose default or meaning differs for one command: (default, description)
+COMMAND_KEY_HELP: dict[str, dict[str, tuple[str, str]]] = {
+    "compare": {
+        "batch": ("1", "images per inference call when timing latency (the training batch is train_batch=)"),
+        "split": ("test, else val", "split every model is scored on: test when the dataset has val and test "
+                  "(best.pt is chosen on val), else val"),
+    },
+}
+
+
 def describe_keys(command: str) -> list[tuple[str, str, str, str]]:
     """(key, default, allowed values, description) for each key of ``command``."""
     import typing
@@ -308,5 +321,8 @@ def describe_keys(command: str) -> list[tuple[str, str, str, str]]:
                   if hasattr(m, "__dict__") and vars(m)]
         if bounds:
             allowed += " (" + ", ".join(bounds) + ")"
-        rows.append((key, "null" if default is None else str(default), allowed, f.description or ""))
+        text = f.description or ""
+        default = "null" if default is None else str(default)
+        default, text = COMMAND_KEY_HELP.get(command, {}).get(key, (default, text))
+        rows.append((key, default, allowed, text))
     return rows

@@ -112,6 +112,9 @@ def restore(trainer, ckpt: dict[str, Any]) -> None:
         trainer.resume_progress["rng"] = rng
         LOG.info("resumed from %s in epoch %d at batch %d", trainer.resume_from, trainer.start_epoch + 1,
                  trainer.resume_progress["batch"])
+    elif trainer.start_epoch >= trainer.cfg.epochs:
+        LOG.info("%s: this run already finished its %d epochs; scoring best.pt again and rewriting "
+                 "metrics.json and the plots (epochs=N resumes it for more)", trainer.resume_from, trainer.cfg.epochs)
     else:
         LOG.info("resumed from %s at epoch %d", trainer.resume_from, trainer.start_epoch + 1)
 

@@ -9,7 +9,7 @@ from detforge.export.metadata import ExportMetadata, write_openvino_metadata
 
 LOG = logging.getLogger("detforge")
 INSTALL_HINT = ("OpenVINO is not installed (an optional runtime): pip install openvino  "
-                "(or pip install 'detforge[export]')")
+                "(from a clone: .venv/bin/pip install -e '.[export]')")
 
 
 def require_openvino():
