@@ -18,7 +18,10 @@ for the small custom sets detforge is used on, from scratch. Every key can be ov
 - ``clip_grad=10``: a guard for the first steps of exp()-parameterised box regression.
 - ``mixup=0.5 mixup_mode=geometry``: the paper's geometry-preserving mixup: both images at
   their own size on one canvas, blend ratio ~ Beta(1.5, 1.5), each box's loss weighted by its
-  image's ratio; on half the samples, so the other half show objects unblended.
+  image's ratio; on half the samples, so the other half show objects unblended. It slows the
+  first epochs: in a 15-epoch yolov3-tiny run on BCCD (256 px, 2 seeds) ``mixup=0`` ended at
+  0.195 mAP50-95 / 0.472 mAP50 against the recipe's 0.185 / 0.484, within the seed spread
+  (benchmarks/RESULTS.md, "Seed 001's ablation in small"); for very short runs ``mixup=0``.
 - ``label_smoothing=0.01``: the paper's smoothing of class targets (1 - eps for the true class,
   eps / (K - 1) for the others; seed 001 names it without a value). Light: with sigmoid classes
   and few classes a larger eps caps every score well below 1.
