@@ -49,7 +49,7 @@ def _one_line_hint(capsys, needle: str) -> str:
 
 
 def test_export_without_openvino_says_how_to_install(no_openvino, tmp_path, checkpoint, capsys):
-    with pytest.raises(ValueError, match=r"pip install openvino .*detforge\[export\]"):
+    with pytest.raises(ValueError, match=r"pip install openvino .*pip install -e '\.\[export\]'"):
         export_model(spread_model("fcos-n"), NAMES, "openvino", tmp_path / "out" / "m", imgsz=64)
     assert not (tmp_path / "out").exists()  # refused before the ONNX step wrote anything
     assert main(["export", f"model={checkpoint}", "format=openvino"]) == 1
