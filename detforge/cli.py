@@ -96,10 +96,15 @@ def cmd_eval(argv: list[str]) -> int:
     return 0
 
 
+def _no_action(argv: list[str]) -> bool:
+    """No action word first (nothing, key=value, or a request for help): show the usage."""
+    return not argv or "=" in argv[0] or argv[0] in ("-h", "--help", "help")
+
+
 def cmd_data(argv: list[str]) -> int:
     from detforge.data.commands import data_command
 
-    if not argv or "=" in argv[0] or argv[0] in ("-h", "--help", "help"):
+    if _no_action(argv):
         raise ConfigError("usage: detforge data check|convert data=PATH [to=yolo|coco|voc out=DIR]")
     return data_command(argv[0], parse_args(argv[1:]))
 
@@ -107,7 +112,7 @@ def cmd_data(argv: list[str]) -> int:
 def cmd_bench(argv: list[str]) -> int:
     from detforge.bench.commands import bench_command
 
-    if not argv or "=" in argv[0] or argv[0] in ("-h", "--help", "help"):
+    if _no_action(argv):
         raise ConfigError("usage: detforge bench latency|train|data|stability key=value ...")
     return bench_command(argv[0], parse_args(argv[1:]))
 

@@ -3,9 +3,9 @@
 batched_nms), ``max_det`` best per image. The official defaults: NMS IoU 0.5, 5000 candidates
 over all levels (here 1000 per level).
 
-``select_candidates`` serves the eager path and the export graph alike (models/dense.py). It pads each level with
-zero-score rows before its top-k, so ``topk`` never asks for more elements than exist at any
-input size and the graph needs no shape branches.
+``select_candidates`` serves the eager path and the export graph alike (models/dense.py). It
+pads each level with zero-score rows before its top-k, so ``topk`` never asks for more elements
+than exist at any input size and the graph needs no shape branches.
 """
 
 from __future__ import annotations

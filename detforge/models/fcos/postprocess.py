@@ -2,8 +2,9 @@
 top-k candidates per level, class-aware NMS, ``max_det`` best per image.
 
 ``select_candidates`` is what the eager path and the export graph both start from
-(models/dense.py), so both rank the same candidates. It pads each level with zero-score cells before its top-k, so ``topk`` never asks
-for more elements than exist, whatever the input size, and the graph needs no shape branches.
+(models/dense.py), so both rank the same candidates. It pads each level with zero-score cells
+before its top-k, so ``topk`` never asks for more elements than exist, whatever the input size,
+and the graph needs no shape branches.
 """
 
 from __future__ import annotations
