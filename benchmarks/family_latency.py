@@ -46,8 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from detforge.api import Detector  # noqa: E402
-from detforge.bench.latency import summarise, time_calls  # noqa: E402
-from detforge.compare.measure import EXPORT_FORMAT, EXPORT_SUFFIX, MAX_ROUNDS, WARMUP_CALLS  # noqa: E402
+from detforge.compare.measure import EXPORT_FORMAT, EXPORT_SUFFIX, time_rotating  # noqa: E402
 from detforge.infer.backends import load_backend, openvino_precision_config  # noqa: E402
 from detforge.infer.preprocess import to_input  # noqa: E402
 
@@ -136,14 +135,7 @@ def time_session(files: dict[str, Path], external: dict[str, Path], runtime: str
         run = onnx_call(path, runtime, threads)
         x = to_input([rng.integers(0, 256, (imgsz, imgsz, 3), np.uint8)])
         calls[label] = lambda run=run, x=x: run(x)
-    for call in calls.values():
-        time_calls(call, WARMUP_CALLS, 0)
-    rounds = max(1, min(MAX_ROUNDS, iters))
-    labels, times = list(calls), {label: [] for label in calls}
-    for r in range(rounds):
-        for label in labels[r % len(labels):] + labels[: r % len(labels)]:  # a different model goes first each round
-            times[label].append(time_calls(calls[label], 0, iters // rounds + (1 if r < iters % rounds else 0)))
-    return {label: summarise(np.concatenate(t), 1) for label, t in times.items()}
+    return time_rotating(calls, iters, 1)
 
 
 def main() -> int:

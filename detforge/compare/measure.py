@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -99,22 +99,26 @@ def latency_session(files: dict[str, Path], runtime: str, batch: int, threads: i
     from detforge.infer.backends import load_backend
     from detforge.infer.preprocess import to_input
 
-    backends, inputs = {}, {}
+    calls = {}
     rng = np.random.default_rng(seed)
     for label, path in files.items():
         b = load_backend(path, runtime, latency_device(runtime, device), threads)
         h, w = b.meta.imgsz
-        backends[label] = b
-        inputs[label] = to_input([rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(batch)], b.input_dtype)
-    for label, b in backends.items():
-        time_calls(lambda b=b, x=inputs[label]: b(x), WARMUP_CALLS, 0)
+        x = to_input([rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(batch)], b.input_dtype)
+        calls[label] = lambda b=b, x=x: b(x)
+    return time_rotating(calls, iters, batch)
+
+
+def time_rotating(calls: dict[str, Callable[[], Any]], iters: int, batch: int) -> dict[str, dict[str, Any]]:
+    """label -> latency summary of ``iters`` calls each: all warmed up first, then timed in rounds
+    whose order rotates, so no model always runs right after the same one (caches, clocks)."""
+    for call in calls.values():
+        time_calls(call, WARMUP_CALLS, 0)
     rounds = max(1, min(MAX_ROUNDS, iters))
     per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
-    times: dict[str, list[np.ndarray]] = {label: [] for label in backends}
-    labels = list(backends)
+    times: dict[str, list[np.ndarray]] = {label: [] for label in calls}
+    labels = list(calls)
     for r, n in enumerate(per_round):
-        order = labels[r % len(labels):] + labels[: r % len(labels)]  # a different model goes first each round
-        for label in order:
-            b, x = backends[label], inputs[label]
-            times[label].append(time_calls(lambda b=b, x=x: b(x), 0, n))
+        for label in labels[r % len(labels):] + labels[: r % len(labels)]:  # a different model goes first each round
+            times[label].append(time_calls(calls[label], 0, n))
     return {label: summarise(np.concatenate(t), batch) for label, t in times.items()}
