@@ -6,7 +6,7 @@ mAP50 row per arm (mean over its seeds).
     python benchmarks/sparse_summary.py \\
         --arm "D-FINE-N default=/work/runs/sparse/syn_base_s*" \\
         --arm "D-FINE-N o2m=/work/runs/sparse/syn_o2m_s*" \\
-        --yolo "YOLO11n=/work/runs/sparse/results.jsonl:syn_yolo11n"
+        --yolo "YOLO11n=/work/runs/sparse/results.jsonl:syn_yolo11n" --plot docs/images/sparse_syn.png
 
 A detforge arm is a glob of run folders (metrics.csv, every epoch scored by detforge's
 validator); a YOLO arm is a jsonl written by benchmarks/sparse_yolo.py and the run-name prefix
@@ -61,6 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arm", action="append", default=[], help="LABEL=GLOB of detforge run folders")
     parser.add_argument("--yolo", action="append", default=[], help="LABEL=JSONL:RUN_PREFIX")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the per-epoch curves (PNG)")
+    parser.add_argument("--title", default="", help="the plot's title")
     args = parser.parse_args()
     arms: list[tuple[str, list[str], list[list[dict]]]] = []
     for spec in args.arm:
@@ -93,6 +95,38 @@ def main() -> None:
         n = min(len(c) for c in curves)
         row = [sum(c[i]["map50"] for c in curves) / len(curves) for i in range(n)]
         print(f"- {label}: " + " ".join(f"{i + 1}:{v:.3f}" for i, v in enumerate(row)))
+    if args.plot:
+        plot_curves(arms, args.plot, args.title)
+
+
+def plot_curves(arms: list[tuple[str, list[str], list[list[dict]]]], out: Path, title: str) -> None:
+    """mAP50-95 and mAP50 per epoch: each arm's mean over seeds as a line, its seeds' range shaded."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2))
+    FigureCanvasAgg(fig)
+    for ax, key, name in zip(fig.subplots(1, 2), ("map50_95", "map50"), ("mAP50-95", "mAP50")):
+        for label, _, curves in arms:
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            epochs = [curves[0][i]["epoch"] for i in range(n)]
+            values = [[c[i][key] for c in curves] for i in range(n)]
+            line, = ax.plot(epochs, [sum(v) / len(v) for v in values], label=f"{label} ({len(curves)} seed{'s' if len(curves) > 1 else ''})")
+            if len(curves) > 1:
+                ax.fill_between(epochs, [min(v) for v in values], [max(v) for v in values], color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"val {name}")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    print(f"\nplot: {out}")
 
 
 if __name__ == "__main__":
