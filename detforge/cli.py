@@ -6,7 +6,7 @@ import logging
 import sys
 from typing import Any, Callable
 
-from detforge.config import FIELDS, ConfigError, closest_key
+from detforge.config import FIELDS, ConfigError, KeysRequested, closest_key
 from detforge.errors import DetforgeError
 from detforge.engine.resolve import command_config, parse_args, read_user_layers
 
@@ -101,12 +101,19 @@ def _no_action(argv: list[str]) -> bool:
     return not argv or "=" in argv[0] or argv[0] in ("-h", "--help", "help")
 
 
+def _action_args(argv: list[str]) -> dict:
+    """key=value after the action word; ``-h`` / ``--help`` there asks for the action's keys."""
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    args = parse_args([a for a in argv if a not in ("-h", "--help")])
+    return {**args, "help": True} if wants_help else args
+
+
 def cmd_data(argv: list[str]) -> int:
     from detforge.data.commands import data_command
 
     if _no_action(argv):
         raise ConfigError("usage: detforge data check|convert data=PATH [to=yolo|coco|voc out=DIR]")
-    return data_command(argv[0], parse_args(argv[1:]))
+    return data_command(argv[0], _action_args(argv[1:]))
 
 
 def cmd_bench(argv: list[str]) -> int:
@@ -114,7 +121,7 @@ def cmd_bench(argv: list[str]) -> int:
 
     if _no_action(argv):
         raise ConfigError("usage: detforge bench latency|train|data|stability key=value ...")
-    return bench_command(argv[0], parse_args(argv[1:]))
+    return bench_command(argv[0], _action_args(argv[1:]))
 
 
 def cmd_compare(argv: list[str]) -> int:
@@ -182,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command](rest)
+    except KeysRequested as e:
+        print(e)
+        return 0
     except ConfigError as e:
         print(f"detforge {command}: {e}", file=sys.stderr)
         return 2

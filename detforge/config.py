@@ -20,6 +20,10 @@ class ConfigError(ValueError):
     """A configuration the user must fix; the message says how."""
 
 
+class KeysRequested(Exception):
+    """``--help`` after a sub-command's action: the message lists its keys and defaults."""
+
+
 Optimizer = Literal["auto", "sgd", "adam", "adamw", "nadam", "radam", "rmsprop", "lars", "lamb"]
 Scheduler = Literal["cosine", "step", "onecycle", "linear", "constant", "sgdr"]
 
@@ -404,7 +408,11 @@ def action_options(command: str, args: dict[str, Any], defaults: dict[str, Any])
     """Keys of the sub-commands (``bench latency``, ``data convert``, ...) that have their own
     small key sets: ``defaults`` overlaid with ``args``, validated by pydantic like every other
     command's keys (each value takes its default's type; an unknown key is refused with the
-    closest one)."""
+    closest one). ``help`` among the keys (``--help`` on the command line) lists them instead."""
+    if "help" in args and "help" not in defaults:
+        width = max(len(k) for k in defaults)
+        raise KeysRequested("\n".join([f"usage: detforge {command} key=value ...; keys and defaults:"]
+                                      + [f"  {k:{width}s}  {v!r}" for k, v in sorted(defaults.items())]))
     unknown = [k for k in args if k not in defaults]
     if unknown:
         key = unknown[0]

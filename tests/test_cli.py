@@ -20,6 +20,17 @@ def test_help_and_models(capsys):
     assert "close_mosaic" in capsys.readouterr().out
 
 
+def test_action_help_lists_its_keys(capsys):
+    # `--help` after a sub-command's action lists that action's keys with their defaults, exit 0
+    assert main(["bench", "data", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "detforge bench data" in out and "batches" in out and "20" in out
+    assert main(["data", "convert", "-h"]) == 0
+    assert "link" in capsys.readouterr().out
+    assert main(["bench", "stability", "--help"]) == 0
+    assert "help keys train" in capsys.readouterr().out
+
+
 def test_refusals_name_the_problem(capsys, tmp_path):
     assert main(["trian"]) == 2
     assert "did you mean 'train'" in capsys.readouterr().err

@@ -17,7 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from detforge.config import ConfigError, build_config
+from detforge.config import ConfigError, KeysRequested, build_config
 
 LOG = logging.getLogger("detforge")
 STABILITY_METRICS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou", "fitness")
@@ -72,6 +72,10 @@ def run_stability(args: dict) -> int:
     from detforge.utils.runtime import increment_path, select_device
 
     args = dict(args)
+    if args.pop("help", False):
+        raise KeysRequested("usage: detforge bench stability seeds=N [train keys]: trains once per seed 0..N-1 "
+                            "(default 5) and reports each metric's mean and std; `detforge help keys train` "
+                            "lists the train keys")
     seeds = _seed_count(args.pop("seeds", 5))
     if "seed" in args:
         raise ConfigError("bench stability sets seed itself (0..seeds-1): drop seed= and use seeds=N")
