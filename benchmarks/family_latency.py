@@ -8,8 +8,8 @@ Each entry is ``label=best.pt`` (a trained checkpoint, so NMS-based models see t
 candidate boxes a trained model gives) or a zoo name (fresh weights with --classes classes;
 ``label=name`` also works). Every model is exported once per runtime at --imgsz with its
 post-processing inside the graph (``Detector.export``), then each runtime's session loads all
-models, warms them up and times them in rotating rounds (the rounds of ``detforge.compare.
-measure.latency_session``, the code `detforge compare` uses), so a slow phase of the machine
+models, warms them up and times them in rotating rounds (``detforge.compare.measure.
+time_rotating``, the code `detforge compare` uses), so a slow phase of the machine
 falls on every model alike. Model-only latency: a fixed random uint8 image of the export's size
 (as 0..1 floats), from the runtime call to the final boxes.
 
@@ -46,8 +46,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from detforge.api import Detector  # noqa: E402
-from detforge.compare.measure import EXPORT_FORMAT, EXPORT_SUFFIX, time_rotating  # noqa: E402
-from detforge.infer.backends import load_backend, openvino_precision_config  # noqa: E402
+from detforge.compare.measure import EXPORT_FORMAT, EXPORT_SUFFIX, backend_calls, time_rotating  # noqa: E402
+from detforge.infer.backends import onnxruntime_session_options, openvino_config  # noqa: E402
 from detforge.infer.preprocess import to_input  # noqa: E402
 
 # Ultralytics' own exporter, run in the peers venv. conf 0.001 is the score floor of detforge's
@@ -107,30 +107,24 @@ def onnx_call(path: Path, runtime: str, threads: int):
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), onnxruntime_session_options(threads),
+                                       providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x})
     from detforge.export.openvino import require_openvino
 
     core = require_openvino().Core()
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, **openvino_precision_config(False)}
-    request = core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_config(threads, False))
+    request = compiled.create_infer_request()
     return lambda x: request.infer({0: x})
 
 
 def time_session(files: dict[str, Path], external: dict[str, Path], runtime: str, threads: int, iters: int,
                  imgsz: int) -> dict[str, dict]:
-    """compare's latency_session (warm-up, then rounds in a rotating order, batch 1), with the
-    external .onnx files in the same rounds."""
-    rng = np.random.default_rng(0)
-    calls = {}
-    for label, path in files.items():
-        b = load_backend(path, runtime, "cpu", threads)
-        x = to_input([rng.integers(0, 256, (*b.meta.imgsz, 3), np.uint8)], b.input_dtype)
-        calls[label] = lambda b=b, x=x: b(x)
+    """compare's timing (warm-up, then rounds in a rotating order, batch 1) of detforge's exports
+    with the external .onnx files in the same rounds."""
+    calls = backend_calls(files, runtime, 1, threads, "cpu")
+    rng = np.random.default_rng(1)
     for label, path in external.items():
         run = onnx_call(path, runtime, threads)
         x = to_input([rng.integers(0, 256, (imgsz, imgsz, 3), np.uint8)])

@@ -96,6 +96,12 @@ def latency_device(runtime: str, device: str) -> str:
 def latency_session(files: dict[str, Path], runtime: str, batch: int, threads: int | None, device: str,
                     iters: int, seed: int = 0) -> dict[str, dict[str, Any]]:
     """label -> latency summary (p50_ms, p90_ms, avg_ms, throughput, ...), measured interleaved."""
+    return time_rotating(backend_calls(files, runtime, batch, threads, device, seed), iters, batch)
+
+
+def backend_calls(files: dict[str, Path], runtime: str, batch: int, threads: int | None, device: str,
+                  seed: int = 0) -> dict[str, Callable[[], Any]]:
+    """label -> one call of that export's runtime session on a fixed random batch of its size."""
     from detforge.infer.backends import load_backend
     from detforge.infer.preprocess import to_input
 
@@ -106,7 +112,7 @@ def latency_session(files: dict[str, Path], runtime: str, batch: int, threads: i
         h, w = b.meta.imgsz
         x = to_input([rng.integers(0, 256, (h, w, 3), np.uint8) for _ in range(batch)], b.input_dtype)
         calls[label] = lambda b=b, x=x: b(x)
-    return time_rotating(calls, iters, batch)
+    return calls
 
 
 def time_rotating(calls: dict[str, Callable[[], Any]], iters: int, batch: int) -> dict[str, dict[str, Any]]:

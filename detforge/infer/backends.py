@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,18 @@ def load_torch_checkpoint(path: Path, device: torch.device, threads: int | None 
     return TorchBackend(model, meta, device, threads=threads)
 
 
+def onnxruntime_session_options(threads: int | None = None):
+    """detforge's onnxruntime session: ``threads`` intra-op threads (default: the machine's
+    cores), one inter-op thread, every graph optimisation."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or _default_threads())
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return opts
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
@@ -91,10 +104,7 @@ class OnnxRuntimeBackend(Backend):
 
         from detforge.export.metadata import onnxruntime_metadata
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads or _default_threads())
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts = onnxruntime_session_options(threads)
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -125,6 +135,13 @@ def openvino_precision_config(half: bool) -> dict[str, str]:
     return {} if half else {"INFERENCE_PRECISION_HINT": "f32"}
 
 
+def openvino_config(threads: int | None, half: bool) -> dict[str, Any]:
+    """detforge's OpenVINO compile settings: latency hint, ``threads`` (default: the machine's
+    cores), and the precision of ``openvino_precision_config``."""
+    return {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or _default_threads()),
+            **openvino_precision_config(half)}
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
 
@@ -140,9 +157,7 @@ class OpenVINOBackend(Backend):
         self.dynamic_hw = inp[2].is_dynamic or inp[3].is_dynamic
         self.fixed_batch = None if inp[0].is_dynamic else inp[0].get_length()
         target = "CPU" if str(device).lower() in ("auto", "cpu", "") else str(device).upper()
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": int(threads or _default_threads()),
-                  **openvino_precision_config(self.meta.half)}
-        self.compiled = core.compile_model(model, target, config)
+        self.compiled = core.compile_model(model, target, openvino_config(threads, self.meta.half))
         self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # f32, bf16, f16
         self.request = self.compiled.create_infer_request()
         self.outputs = [self.compiled.output(i) for i in range(3)]
