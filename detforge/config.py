@@ -68,6 +68,7 @@ class TrainConfig(BaseModel):
     weight_decay: float | None = Field(None, ge=0)
     backbone_lr_mult: float | None = Field(None, gt=0, description="backbone lr = lr0 * this")
     scheduler: Scheduler = "cosine"
+    lr_tail_epochs: float = Field(0, ge=0, description="cosine/linear/onecycle: the decay reaches lrf this many epochs before the end and the lr stays at lrf for them (DEIM's flat tail)")
     warmup_epochs: float = Field(3.0, ge=0)
     warmup_iters: int | None = Field(None, ge=0, description="overrides warmup_epochs when set")
     warmup_max_fraction: float = Field(0.1, ge=0, le=1, description="cap a warm-up that came from defaults at this fraction of the run's steps; 0 = no cap (a warm-up you set is never capped)")

@@ -144,3 +144,23 @@ def test_state_dict_round_trip_and_mismatch_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="detforge"):
         longer.load_state_dict(state)
     assert "differs from the checkpoint" in caplog.text and longer.last_it == 37
+
+
+def test_lr_tail_holds_lrf_after_an_earlier_decay():
+    # 10 epochs x 10 steps, 2 tail epochs: the cosine runs over steps 10..80, then stays at lrf
+    s = _sched(scheduler="cosine", lr_tail_epochs=2)
+    assert s.factor(10) == pytest.approx(1.0)
+    assert s.factor(45) == pytest.approx(0.505)  # middle of the 70-step decay
+    assert s.factor(80) == pytest.approx(0.01)
+    assert [s.factor(t) for t in (81, 90, 99)] == [pytest.approx(0.01)] * 3
+    lin = _sched(scheduler="linear", lr_tail_epochs=2)
+    assert lin.factor(45) == pytest.approx(0.505) and lin.factor(95) == pytest.approx(0.01)
+    # without a tail nothing moves: the decay still ends at T = 100
+    assert _sched(scheduler="cosine", lr_tail_epochs=0).factor(55) == pytest.approx(0.505)
+    # step milestones stay fractions of the whole run
+    assert _sched(scheduler="step", lr_tail_epochs=2).factor(69) == 1.0
+
+
+def test_lr_tail_that_leaves_no_decay_is_refused():
+    with pytest.raises(ValueError, match="lr_tail_epochs=9 leaves 10 of 100 steps"):
+        _sched(scheduler="cosine", lr_tail_epochs=9)

@@ -13,6 +13,9 @@ and ``W`` warm-up steps (``warmup_iters``, else ``round(warmup_epochs * iters_pe
   ``constant`` 1.
 - ``onecycle`` (PyTorch's OneCycleLR shape, its own ramp instead of the warm-up): cosine from
   1/25 (PyTorch's ``div_factor``) up to 1 at 30% of the run, then cosine down to ``lrf`` at ``T``.
+- ``lr_tail_epochs`` (cosine, linear, onecycle): the decay ends ``lr_tail_epochs * iters_per_epoch``
+  steps before ``T`` and the factor stays at ``lrf`` for those last steps (DEIM's flat tail, which
+  runs its no-augmentation epochs at the minimum lr); ``T`` above reads as that earlier end.
 - ``sgdr`` (Loshchilov & Hutter): cosine from the cycle's peak to ``lrf`` over each cycle, then a
   restart. Cycle k lasts ``sgdr_cycle * sgdr_mult**k`` epochs and peaks at ``sgdr_decay**k``. The
   warm-up runs once before the first cycle, or (``warmup_every_cycle=True``) at the start of
@@ -71,6 +74,13 @@ class LRSchedule:
             warmup = cap
         self.warmup_iters = 0 if self.kind == "onecycle" else int(warmup)
         self.lrf = cfg.lrf
+        # the decay's end: the run's end, or the start of a tail held at lrf
+        self.decay_end = self.total_iters - round(float(getattr(cfg, "lr_tail_epochs", 0) or 0) * self.iters_per_epoch)
+        if self.decay_end <= self.warmup_iters and self.kind in ("cosine", "linear", "onecycle") and self.decay_end < self.total_iters:
+            raise ValueError(
+                f"lr_tail_epochs={cfg.lr_tail_epochs:g} leaves {max(self.decay_end, 0)} of {self.total_iters} steps for the "
+                f"warm-up ({self.warmup_iters} steps) and the decay; shorten lr_tail_epochs or the warm-up"
+            )
         self.warmup_bias_lr = cfg.warmup_bias_lr
         self.milestones = sorted(cfg.step_milestones)
         self.gamma = cfg.step_gamma
@@ -116,7 +126,7 @@ class LRSchedule:
 
     def factor(self, it: int) -> float:
         it = max(0, int(it))
-        T, W = self.total_iters, self.warmup_iters
+        T, W = self.decay_end, self.warmup_iters
         if self.kind == "onecycle":
             peak_at = ONECYCLE_PEAK_AT * T
             if it < peak_at:
@@ -130,7 +140,7 @@ class LRSchedule:
         if self.kind == "constant":
             return 1.0
         if self.kind == "step":
-            return self.gamma ** sum(t >= m * T for m in self.milestones)
+            return self.gamma ** sum(t >= m * self.total_iters for m in self.milestones)
         p = min(max((t - W) / (T - W), 0.0), 1.0) if T > W else 1.0
         if self.kind == "cosine":
             return _cos_between(1.0, self.lrf, p)
