@@ -75,8 +75,9 @@ class LRSchedule:
         self.warmup_iters = 0 if self.kind == "onecycle" else int(warmup)
         self.lrf = cfg.lrf
         # the decay's end: the run's end, or the start of a tail held at lrf
-        self.decay_end = self.total_iters - round(float(getattr(cfg, "lr_tail_epochs", 0) or 0) * self.iters_per_epoch)
-        if self.decay_end <= self.warmup_iters and self.kind in ("cosine", "linear", "onecycle") and self.decay_end < self.total_iters:
+        tail_iters = round(cfg.lr_tail_epochs * self.iters_per_epoch)
+        self.decay_end = self.total_iters - tail_iters
+        if tail_iters > 0 and self.kind in ("cosine", "linear", "onecycle") and self.decay_end <= self.warmup_iters:
             raise ValueError(
                 f"lr_tail_epochs={cfg.lr_tail_epochs:g} leaves {max(self.decay_end, 0)} of {self.total_iters} steps for the "
                 f"warm-up ({self.warmup_iters} steps) and the decay; shorten lr_tail_epochs or the warm-up"
