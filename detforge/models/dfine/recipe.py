@@ -51,8 +51,9 @@ On BCCD-WBC at that budget (one large object per image, 3 seeds) it ends at 0.76
 validation sets remains open.
 Each candidate alone at that budget on the synthetic set (same section; seeds paired with the
 default's): ``copy_blend=0.5`` ended at 0.099 ± 0.018 / 0.215 ± 0.018 (3 seeds), a lead in the
-means but within seed noise (paired +0.017 ± 0.039 mAP50-95), and on BCCD-WBC at 0.792 against
-0.767 for one seed, with a larger late swing; ``o2m=6 o2m_queries=100`` also ended higher on
+means but within seed noise (paired +0.017 ± 0.039 mAP50-95), and on BCCD-WBC (3 seeds) at
+0.773 ± 0.017 against 0.766 ± 0.012 (paired +0.007 ± 0.025) with a larger late swing (0.065
+against 0.042); ``o2m=6 o2m_queries=100`` also ended higher on
 average (0.100 ± 0.035, paired +0.017 ± 0.033) but less stable (last-5 swing 0.035); a
 minimum-lr tail (``lrf=0.01 lr_tail_epochs=5 close_mosaic=5``) flattened the last epochs (swing
 0.008) by stopping the climb and ended at 0.054 against 0.085 for the same seed; doubling lr0
