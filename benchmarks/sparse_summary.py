@@ -1,7 +1,9 @@
 """Tables for the sparse-object runs: per arm (several seeds), the last-epoch mAP50-95 / mAP50
 (mean +- sample std), best-vs-last gap, the plateau exit (first epoch whose mAP50 is above half
 the run's final mAP50) and the swing of mAP50-95 over the final 5 epochs; then one per-epoch
-mAP50 row per arm (mean over its seeds).
+mAP50 row per arm (mean over its seeds). The swing is split into the climb (a least-squares line
+through the final 5 epochs, its rise over them) and the scatter around that line (max - min of
+the residuals): a run still learning swings by its climb, an unstable one by its scatter.
 
     python benchmarks/sparse_summary.py \\
         --arm "D-FINE-N default=/work/runs/sparse/syn_base_s*" \\
@@ -44,8 +46,22 @@ def run_stats(curve: list[dict]) -> dict:
     tail = [c["map50_95"] for c in curve[-5:]]
     half = 0.5 * last["map50"]
     plateau = next((c["epoch"] for c in curve if c["map50"] > half and last["map50"] > 0), None)
+    climb, scatter = line_fit(tail)
     return {"map50_95": last["map50_95"], "map50": last["map50"], "best_gap": best - last["map50_95"],
-            "swing": max(tail) - min(tail), "plateau": plateau, "epochs": last["epoch"]}
+            "swing": max(tail) - min(tail), "climb": climb, "scatter": scatter, "plateau": plateau,
+            "epochs": last["epoch"]}
+
+
+def line_fit(values: list[float]) -> tuple[float, float]:
+    """Least-squares line through equally spaced ``values``: its rise from the first to the
+    last point, and the spread (max - min) of the residuals around it."""
+    n = len(values)
+    if n < 2:
+        return 0.0, 0.0
+    xm, ym = (n - 1) / 2, sum(values) / n
+    slope = sum((i - xm) * (v - ym) for i, v in enumerate(values)) / sum((i - xm) ** 2 for i in range(n))
+    residuals = [v - (ym + slope * (i - xm)) for i, v in enumerate(values)]
+    return slope * (n - 1), max(residuals) - min(residuals)
 
 
 def mean_std(values: list[float]) -> str:
@@ -75,18 +91,20 @@ def main() -> None:
         curves = yolo_curves(Path(path), prefix)
         arms.append((label, [f"{prefix} x{len(curves)}"], curves))
 
-    print("| arm | seeds | epochs | last mAP50-95 | last mAP50 | best - last (50-95) | swing, last 5 (50-95) | plateau exit epoch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| arm | seeds | epochs | last mAP50-95 | last mAP50 | best - last (50-95) | swing, last 5 (50-95) "
+          "| climb / scatter, last 5 | plateau exit epoch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     for label, names, curves in arms:
         stats = [run_stats(c) for c in curves if c]
         if not stats:
-            print(f"| {label} | 0 | - | - | - | - | - | - |")
+            print(f"| {label} | 0 | - | - | - | - | - | - | - |")
             continue
         epochs = sorted({s["epochs"] for s in stats})
         plateaus = ", ".join(str(s["plateau"]) for s in stats)
         print(f"| {label} | {len(stats)} | {'/'.join(map(str, epochs))} | {mean_std([s['map50_95'] for s in stats])} "
               f"| {mean_std([s['map50'] for s in stats])} | {mean_std([s['best_gap'] for s in stats])} "
-              f"| {mean_std([s['swing'] for s in stats])} | {plateaus} |")
+              f"| {mean_std([s['swing'] for s in stats])} "
+              f"| {mean_std([s['climb'] for s in stats])} / {mean_std([s['scatter'] for s in stats])} | {plateaus} |")
     print("\nPer-epoch mAP50 (mean over seeds):\n")
     for label, names, curves in arms:
         curves = [c for c in curves if c]
