@@ -61,6 +61,9 @@ climb and ended at 0.054 against 0.085 for the same seed; doubling lr0 ended at 
 in the recipe: a change goes in once it holds over 3 seeds on both proxies and keeps the BCCD
 lead. The official custom recipe itself, through the same pipeline, ended at 0.022 / 0.049 on
 the synthetic set (seed 0), about a quarter of this recipe's 0.085 / 0.187 for that seed.
+On BCCD-WBC, where the runs have levelled off, the 80-step EMA ramp met both stability goals on
+the one seed measured (last-5 swing 0.015 against 0.024, best = last, same trained weights) at
+0.766 against 0.767 mAP50-95: the likeliest lever for late stability, not adopted on one seed.
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
