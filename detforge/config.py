@@ -89,7 +89,9 @@ class TrainConfig(BaseModel):
     # recipe
     ema: bool = True
     ema_decay: float = Field(0.9999, gt=0, lt=1)
-    ema_warmup: int = Field(2000, ge=0, description="iterations of the EMA decay ramp")
+    ema_warmup: int | Literal["auto"] = Field(
+        2000, description="optimizer steps of the EMA decay ramp; auto: sized from the run's length so the final "
+        "average spans about its last 15%")
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     accumulate: int = Field(1, ge=1)
@@ -210,6 +212,19 @@ class TrainConfig(BaseModel):
         if not flat or len(flat) % 2 or min(flat) <= 0:
             raise ValueError(f"anchors: need an even count of positive w,h pixel sizes, got {len(flat)} values")
         return flat
+
+    @field_validator("ema_warmup", mode="before")
+    @classmethod
+    def _ema_warmup(cls, v: Any) -> Any:
+        if isinstance(v, str) and v.strip().lower() == "auto":
+            return "auto"
+        try:
+            steps = int(v)
+        except (TypeError, ValueError):
+            raise ValueError(f"ema_warmup must be auto or a number of steps >= 0, got {v!r}") from None
+        if steps < 0 or steps != float(v):
+            raise ValueError(f"ema_warmup must be auto or a whole number of steps >= 0, got {v!r}")
+        return steps
 
     @field_validator("batch")
     @classmethod

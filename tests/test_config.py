@@ -41,6 +41,16 @@ def test_batch_forms():
     assert build_config({"batch": 8}).batch == 8
 
 
+def test_ema_warmup_forms():
+    assert build_config({"ema_warmup": "auto"}).ema_warmup == "auto"
+    assert build_config({"ema_warmup": "AUTO"}).ema_warmup == "auto"
+    assert build_config({"ema_warmup": 80}).ema_warmup == 80
+    assert build_config(parse_overrides(["ema_warmup=80"])).ema_warmup == 80
+    for bad in (-1, "fast", 2.5):
+        with pytest.raises(ConfigError, match="ema_warmup"):
+            build_config({"ema_warmup": bad})
+
+
 def test_every_issue_key_exists():
     keys = """model data epochs imgsz batch device workers project name exist_ok seed deterministic resume
     fraction optimizer lr0 lrf weight_decay momentum warmup_epochs scheduler ema amp accumulate clip_grad

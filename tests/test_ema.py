@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from detforge.engine.ema import ModelEMA, unwrap_model
+from detforge.engine.ema import ModelEMA, ramp_for_run, unwrap_model
 
 
 def _one_param_model(value: float = 0.0) -> nn.Linear:
@@ -91,3 +91,34 @@ def test_state_dict_round_trip():
 def test_bad_decay_refused():
     with pytest.raises(ValueError, match="decay"):
         ModelEMA(_one_param_model(), decay=1.0)
+
+
+def test_ramp_for_run_hand_worked():
+    # 325 steps, share 0.15: H = 48.75, W = -325 / ln(1 - (1 - 1/48.75) / 0.9999) = 83.5 -> 84
+    assert ramp_for_run(325, 0.9999) == 84
+    # the ramp it returns ends the run at a decay whose average spans ~15% of it
+    ema = ModelEMA(_one_param_model(), decay=0.9999, warmup=84)
+    assert 1 / (1 - ema.decay_at(325)) == pytest.approx(0.15 * 325, rel=0.03)
+    # a long run: the share (39750 steps) exceeds what 0.9999 allows; H = 5000 ->
+    # W = -265000 / ln(1 - 0.9998 / 0.9999) = 265000 / 9.2104 = 28772
+    assert ramp_for_run(265_000, 0.9999) == 28772
+    # one step: H = 2 -> W = 1 / ln(1 / (1 - 0.5 / 0.9999)) = 1.44 -> 1
+    assert ramp_for_run(1, 0.9999) == 1
+    with pytest.raises(ValueError, match="at least 1 step"):
+        ramp_for_run(0, 0.9999)
+
+
+def test_ramp_for_run_keeps_the_average_at_the_end_of_the_run():
+    # the weight each step carries in the final average, for a 6500-step run: a fixed 300-step
+    # ramp leaves most of it on the first half; the sized ramp puts it on the last fifth
+    def mean_step(total, warmup, decay=0.9999):
+        ema, prod, mean = ModelEMA(_one_param_model(), decay=decay, warmup=warmup), 1.0, 0.0
+        for s in range(total, 0, -1):
+            d = ema.decay_at(s)
+            mean += s * (1 - d) * prod
+            prod *= d
+        return mean / total
+
+    assert mean_step(6500, 300) == pytest.approx(0.43, abs=0.01)
+    assert mean_step(6500, ramp_for_run(6500, 0.9999)) > 0.9
+    assert mean_step(325, ramp_for_run(325, 0.9999)) > 0.85

@@ -175,3 +175,20 @@ def test_trackers_receive_every_epoch(synthetic_root, tmp_path, monkeypatch):
     assert steps == [1, 2]
     assert "map50_95" in [c for c in calls if c[0] == "metrics"][0][2]
     assert ("artifact", "metrics.json") in calls and calls[-1] == ("end",)
+
+
+def test_auto_ema_ramp_is_sized_from_the_run(synthetic_root, tmp_path):
+    from detforge.engine.ema import ramp_for_run
+
+    base = {"data": str(synthetic_root), "project": str(tmp_path), "plots": False,
+            **dict(a.split("=") for a in FAST)}
+    for epochs, accumulate in ((3, 1), (40, 2)):
+        trainer = Trainer(build_config({**base, "epochs": epochs, "accumulate": accumulate, "ema_warmup": "auto"}))
+        trainer.setup()
+        # 48 images at batch 8: 6 batches per epoch, 3 optimizer steps per epoch with accumulate=2
+        steps = epochs * 6 // accumulate
+        assert trainer.iters_per_epoch * epochs == steps
+        assert trainer.ema.warmup == ramp_for_run(steps, 0.9999)
+        trainer.log.close()
+    # 120 steps: H = 18 -> W = 120 / -ln(1 - (17 / 18) / 0.9999) = 120 / 2.892 = 41.5 -> 41
+    assert trainer.ema.warmup == 41

@@ -6,6 +6,13 @@ used by Ultralytics and D-FINE (there ``warmup`` = 2000): early on the average f
 model closely, later it settles to ``decay``. ``warmup=0`` uses ``decay`` from the first update.
 Integer buffers (e.g. BatchNorm's ``num_batches_tracked``) are copied, not averaged.
 
+A fixed ramp suits one run length only. With ``decay`` = 0.9999 (an average over ~10k steps)
+the ramp decides how far back the final average reaches: a run much longer than the ramp, but
+shorter than ~10k steps, ends with an average still weighted towards the weights of the ramp's
+end (a 300-step ramp in a 6500-step run: mean step of the average at 43% of the run), and a run
+shorter than the ramp barely averages at all. ``ramp_for_run`` sizes the ramp from the run's
+step count instead, so the final decay spans a set share of the run (``warmup=auto``).
+
 Written here rather than taken from timm: timm's ModelEmaV3 ramps the decay as
 ``1 - (1 + t / gamma) ** -power``, a different curve from the one the recipes above were tuned with.
 """
@@ -18,6 +25,24 @@ from typing import Any
 
 import torch
 from torch import nn
+
+
+# share of the run that the final EMA average spans with ``ema_warmup=auto``: about the
+# no-augmentation tail of the D-FINE recipe (15% of the epochs)
+EMA_RUN_SHARE = 0.15
+
+
+def ramp_for_run(total_steps: int, decay: float, share: float = EMA_RUN_SHARE) -> int:
+    """The ramp (steps) whose decay after ``total_steps`` updates is ``1 - 1 / H``, an average
+    over the last H = ``share`` x ``total_steps`` steps (at least 2; at most half the horizon
+    1 / (1 - decay) that ``decay`` itself allows, which long runs reach anyway)."""
+    if total_steps < 1:
+        raise ValueError(f"EMA ramp: the run must have at least 1 step, got {total_steps}")
+    if not 0 < share <= 1:
+        raise ValueError(f"EMA ramp: share must be in (0, 1], got {share}")
+    horizon = min(max(2.0, share * total_steps), 0.5 / (1.0 - decay))
+    # decay * (1 - exp(-T / W)) = 1 - 1 / H  ->  W = -T / ln(1 - (1 - 1 / H) / decay)
+    return max(1, round(-total_steps / math.log(1.0 - (1.0 - 1.0 / horizon) / decay)))
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

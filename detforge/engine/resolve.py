@@ -312,8 +312,10 @@ def describe_keys(command: str) -> list[tuple[str, str, str, str]]:
         literals = [a for a in (args or (ann,)) if typing.get_origin(a) is typing.Literal]
         if typing.get_origin(ann) is typing.Literal:
             allowed = " | ".join(map(str, typing.get_args(ann)))
-        elif literals:
-            allowed = " | ".join(str(v) for lit in literals for v in typing.get_args(lit))
+        elif literals:  # e.g. int | Literal["auto"] -> "int | auto"
+            others = [getattr(a, "__name__", str(a)) for a in args if typing.get_origin(a) is not typing.Literal]
+            allowed = " | ".join([n for n in others if n != "NoneType"]
+                                 + [str(v) for lit in literals for v in typing.get_args(lit)])
         else:
             names = [getattr(a, "__name__", str(a)) for a in (args or (ann,))]
             allowed = " | ".join("null" if n == "NoneType" else n for n in names)

@@ -35,7 +35,7 @@ from detforge.engine.checkpoint import (
     read_model_record,
     set_rng_state,
 )
-from detforge.engine.ema import ModelEMA
+from detforge.engine.ema import ModelEMA, ramp_for_run
 from detforge.engine.optim import build_optimizer
 from detforge.engine.run_log import RunLog
 from detforge.data.check import describe_problems
@@ -133,7 +133,7 @@ class Trainer:
             world_size=self.dist.world_size, recipe=self.resolved.family_defaults, batch_size=per_rank,
         )
         self.schedule = LRSchedule(cfg, self.iters_per_epoch, cfg.epochs, warmup_every_cycle=cfg.warmup_every_cycle)
-        self.ema = ModelEMA(self.model, decay=cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema else None
+        self.ema = ModelEMA(self.model, decay=cfg.ema_decay, warmup=self._ema_ramp()) if cfg.ema else None
         self.amp_dtype = None
         if cfg.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
@@ -151,6 +151,16 @@ class Trainer:
                 self.model_name, self.device, len(self.train_set), len(self.val_set),
                 len(self.names), self.batch_size, cfg.epochs, self.save_dir,
             )
+
+    def _ema_ramp(self) -> int:
+        """cfg.ema_warmup, or with ``auto`` the ramp sized from this run's optimizer steps."""
+        if self.cfg.ema_warmup != "auto":
+            return self.cfg.ema_warmup
+        steps = self.iters_per_epoch * self.cfg.epochs
+        ramp = ramp_for_run(steps, self.cfg.ema_decay)
+        if self.is_main:
+            LOG.info("EMA ramp %d steps (ema_warmup=auto, %d steps in the run)", ramp, steps)
+        return ramp
 
     def _load_data(self):
         cfg = self.cfg
