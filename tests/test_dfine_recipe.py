@@ -26,7 +26,7 @@ def test_recipe_is_a_valid_config_that_keeps_the_official_optimiser(size):
     assert cfg.clip_grad == 0.1 and cfg.ema_decay == 0.9999 and cfg.multi_scale == official["multi_scale"]
     # the changes for small data
     assert (cfg.scheduler, cfg.lrf, cfg.mosaic, cfg.mixup, cfg.mal) == ("cosine", 0.1, 0.5, 0.2, True)
-    assert cfg.warmup_iters is None and cfg.warmup_epochs == 2.0 and cfg.ema_warmup == 300
+    assert cfg.warmup_iters is None and cfg.warmup_epochs == 2.0 and cfg.ema_warmup == "auto"
     # run sizes stay the user's
     assert not {"imgsz", "batch", "epochs"} & set(r)
 
