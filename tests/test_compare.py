@@ -213,7 +213,7 @@ def test_tiny_comparison_files_front_and_resume(synthetic_root, tmp_path):
     assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the common evaluation equals what `val` writes for that checkpoint on that split
     val = json.loads((out / tag / "val" / "dfine-n" / "metrics.json").read_text())
-    assert val["map50_95"] == pytest.approx(float(rows[1]["map50_95"]), abs=1e-6)
+    assert val["map50_95"] == pytest.approx(float(rows[1]["map50_95"]), abs=1e-5)
 
     # an interrupted run (no metrics.json after its last.pt) resumes from last.pt; the finished one stays
     (dfine / "metrics.json").unlink()
@@ -231,5 +231,7 @@ def test_tiny_comparison_files_front_and_resume(synthetic_root, tmp_path):
     assert compare_command(TrainConfig(**values), set(values)) == 0
     taken = _csv(tmp_path / "taken" / "compare.csv")
     assert [(r["model"], r["imgsz"], r["run_dir"]) for r in taken] == [("fcos-n", "128", str(fcos))]
-    assert float(taken[0]["map50_95"]) == pytest.approx(float(rows[0]["map50_95"]), abs=1e-6)
+    # compare.csv holds 6 decimals, and scoring at another batch size reorders near-ties of a
+    # one-epoch model (0.000873 against 0.000874 seen): equal to 1e-5
+    assert float(taken[0]["map50_95"]) == pytest.approx(float(rows[0]["map50_95"]), abs=1e-5)
     assert not (tmp_path / "taken" / tag / "fcos-n").exists()
