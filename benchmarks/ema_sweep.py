@@ -21,29 +21,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import random
 import sys
-from pathlib import Path
-
-import numpy as np
-import torch
 
 from detforge.cli import parse_args
 from detforge.engine import parallel
+from detforge.engine.checkpoint import rng_state, set_rng_state
 from detforge.engine.ema import ModelEMA
 from detforge.engine.resolve import resolve_train_config
 from detforge.engine.trainer import Trainer
 from detforge.engine.validator import evaluate
-
-
-def rng_state() -> tuple:
-    return torch.get_rng_state(), np.random.get_state(), random.getstate()
-
-
-def set_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    np.random.set_state(state[1])
-    random.setstate(state[2])
 
 
 class SweepTrainer(Trainer):
