@@ -22,6 +22,11 @@ def _options(cfg) -> dict:
     options = {"loss_options": loss}
     if getattr(cfg, "o2m", 0):
         options.update(o2m=int(cfg.o2m), o2m_queries=cfg.o2m_queries)
+    # denoising settings replace the size's own only when given, so older runs rebuild unchanged
+    for key, field, cast in (("dn_queries", "num_denoising", int), ("dn_box_noise", "box_noise_scale", float),
+                             ("dn_label_noise", "label_noise_ratio", float)):
+        if getattr(cfg, key, None) is not None:
+            options[field] = cast(getattr(cfg, key))
     return options
 
 
