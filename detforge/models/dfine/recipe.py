@@ -34,8 +34,9 @@ so their separate effects are not measured). What changes, and why:
   px, batch 16, 25 epochs, 3 seeds, the same trained weights averaged both ways) auto ended at
   0.782 ± 0.010 / 0.996 mAP50-95 / mAP50 against 0.782 ± 0.006 / 0.996 with the 300-step ramp,
   its last 5 epochs moving 0.013 ± 0.002 against 0.038 ± 0.023, best = last in every seed; on
-  BCCD (seed 0) 0.419 / 0.653 against 0.426 / 0.653, the cost of averaging a still-climbing
-  model over ~3 epochs (benchmarks/RESULTS.md, "EMA ramp sized to the run").
+  BCCD (3 seeds) 0.450 ± 0.028 / 0.690 against 0.457 ± 0.028 / 0.703, lower in every seed by
+  0.004-0.009: the cost of averaging a still-climbing model over ~4 epochs
+  (benchmarks/RESULTS.md, "EMA ramp sized to the run").
 
 Tried for sparse data (one or two objects per image) and left out of the recipe, both still
 available as switches: ``o2m=k`` (a training-only query group matched one-to-many, H-DETR's
