@@ -70,6 +70,11 @@ climb and ended at 0.054 against 0.085 for the same seed; doubling lr0 ended at 
 in the recipe: a change goes in once it holds over 3 seeds on both proxies and keeps the BCCD
 lead. The official custom recipe itself, through the same pipeline, ended at 0.022 / 0.049 on
 the synthetic set (seed 0), about a quarter of this recipe's 0.085 / 0.187 for that seed.
+Also left out on the synthetic set (paired with the default's seeds; benchmarks/RESULTS.md,
+"denoising settings and mosaic on every image"): ``dn_queries=300`` (150 denoising groups
+instead of 50 for two objects) ended at 0.085 ± 0.025 / 0.186 ± 0.062, paired +0.002 ± 0.031
+over 3 seeds, for ~40% more time per epoch; ``dn_box_noise=0.4`` 0.022 lower (one seed);
+``mosaic=1.0`` paired +0.034 and -0.033 (2 seeds). None left the plateau earlier.
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
