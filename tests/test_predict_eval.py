@@ -3,9 +3,10 @@ and category ids, beside the matching ground truth (save_gt=true), and `detforge
 those files reproduces `detforge val` on the same split (same conf floor 0 and max_det) to
 1e-5: the two run the model at different batch sizes, and float32 kernels that differ by batch
 move scores by ~1e-7, enough to reorder near-tied detections of a one-epoch model (up to 2e-6
-of mAP50 seen); a real mismatch of ids, boxes or scaling moves mAP by far more. Checked on BCCD val (VOC: ids 1..N / 1..K) with an FCOS-n trained for one epoch in the
-test, and on the same split as a COCO folder with its own sparse ids, evaluated against that
-folder's own annotation file."""
+of mAP50 seen); a real mismatch of ids, boxes or scaling moves mAP by far more. Checked on
+BCCD val (VOC: ids 1..N / 1..K) with an FCOS-n trained for one epoch in the test, and on the
+same split as a COCO folder with its own sparse ids, evaluated against that folder's own
+annotation file."""
 
 from __future__ import annotations
 
