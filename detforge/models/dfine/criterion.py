@@ -28,6 +28,13 @@ Hungarian matching gives each object k positive queries (H-DETR's hybrid matchin
 2207.13080); its terms are named ``loss_<term>_o2m...``, normalised by k * num_boxes and scaled by
 ``o2m_weight``. The one-to-one terms are unchanged.
 
+With ``enc_o2m_repeats`` = k > 0 and ``enc_dense_outputs`` in the outputs (every encoder cell's
+class logits and box, not only the cells selected as queries), those cells are Hungarian-matched
+to the targets repeated k times: each object gets its k cheapest cells as positives and every
+other cell is a negative, where the official encoder loss sees only the selected cells and one
+positive per object. The classification and L1 / GIoU terms are named ``loss_<term>_enc_o2m``,
+normalised by k * num_boxes and scaled by ``enc_o2m_weight``.
+
 Everything is computed in float32 with autocast disabled, so fp16/bf16 model outputs are safe;
 empty images, empty batches, zero-size and inverted boxes give finite values. Unlike the reference,
 a NaN loss is not silently replaced by 0: it reaches the caller, whose job is to report it.
@@ -175,6 +182,8 @@ class DFineCriterion(nn.Module):
         label_smoothing: float = 0.0,
         o2m_repeats: int = 0,
         o2m_weight: float = 1.0,
+        enc_o2m_repeats: int = 0,
+        enc_o2m_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -199,6 +208,11 @@ class DFineCriterion(nn.Module):
             raise ValueError(f"DFineCriterion: o2m_repeats and o2m_weight must be >= 0, got {o2m_repeats}, {o2m_weight}")
         self.o2m_repeats = int(o2m_repeats)
         self.o2m_weight = float(o2m_weight)
+        if int(enc_o2m_repeats) < 0 or enc_o2m_weight < 0:
+            raise ValueError(f"DFineCriterion: enc_o2m_repeats and enc_o2m_weight must be >= 0, got "
+                             f"{enc_o2m_repeats}, {enc_o2m_weight}")
+        self.enc_o2m_repeats = int(enc_o2m_repeats)
+        self.enc_o2m_weight = float(enc_o2m_weight)
 
     # ---- input checks
 
@@ -411,6 +425,15 @@ class DFineCriterion(nn.Module):
                 add(layer, f"_dn_{i}", dn_indices, dn_num_boxes, dn_indices, dn_num_boxes, fgl_dn)
             if "dn_pre_outputs" in outputs:
                 add(_float32(outputs["dn_pre_outputs"]), "_dn_pre", dn_indices, dn_num_boxes, dn_indices, dn_num_boxes)
+        if self.enc_o2m_repeats and "enc_dense_outputs" in outputs:
+            dense = _float32(outputs["enc_dense_outputs"])
+            repeated = repeat_targets(targets, self.enc_o2m_repeats)
+            dense_indices = _to_device(self.matcher(dense, repeated)["indices"], device)
+            n_dense = num_boxes * self.enc_o2m_repeats
+            terms = self._classification(dense, repeated, dense_indices, n_dense, self.num_classes)
+            terms.update(self._boxes(dense, repeated, dense_indices, n_dense))
+            losses.update({f"loss_{name}_enc_o2m": value * self.weights[name] * self.enc_o2m_weight
+                           for name, value in terms.items()})
         if self.o2m_repeats and "o2m_outputs" in outputs:
             for name, value in self._forward(outputs["o2m_outputs"], repeat_targets(targets, self.o2m_repeats)).items():
                 losses[_o2m_name(name)] = value * self.o2m_weight

@@ -202,6 +202,11 @@ class DFineDecoder(nn.Module):
     many more queries from the same top-scored encoder cells run through the same layers and heads,
     masked from the one-to-one queries (and they from it), and come out as ``o2m_outputs`` for a
     loss that matches them one-to-many. Evaluation, export and the deploy form never build them.
+
+    ``enc_dense`` adds, in training only, ``enc_dense_outputs``: the class logits and boxes of every
+    encoder cell (not only the top-scored ones the queries start from), for a loss that matches
+    each object to several cells (dense auxiliary supervision of query selection, as Co-DETR's
+    auxiliary heads give the encoder). It uses the existing heads, so inference is unchanged.
     """
 
     def __init__(self, num_classes: int, feat_channels: tuple[int, ...], feat_strides: tuple[int, ...],
@@ -209,7 +214,8 @@ class DFineDecoder(nn.Module):
                  num_points: tuple[int, ...] = (3, 6, 3), num_queries: int = 300, reg_max: int = 32,
                  reg_scale: float = 4.0, eval_idx: int = -1, num_denoising: int = 100,
                  label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
-                 anchor_image_size: tuple[int, int] = (640, 640), o2m_queries: int = 0) -> None:
+                 anchor_image_size: tuple[int, int] = (640, 640), o2m_queries: int = 0,
+                 enc_dense: bool = False) -> None:
         super().__init__()
         if len(feat_channels) != len(feat_strides) or len(num_points) != len(feat_channels):
             raise ValueError(
@@ -230,6 +236,7 @@ class DFineDecoder(nn.Module):
         if o2m_queries < 0:
             raise ValueError(f"D-FINE decoder: o2m_queries must be >= 0, got {o2m_queries}")
         self.o2m_queries = int(o2m_queries)
+        self.enc_dense = bool(enc_dense)
 
         self.input_proj = nn.ModuleList(
             nn.Identity() if c == dim else
@@ -291,15 +298,17 @@ class DFineDecoder(nn.Module):
             for v, (h, w) in zip(per_head.split([h * w for h, w in shapes], dim=-1), shapes)
         ]
 
-    def _select_queries(self, memory: Tensor, shapes: list[tuple[int, int]], extra: int = 0):
+    def _encoder_cells(self, memory: Tensor, shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Every encoder cell's anchor (logit form), projected memory and class logits."""
+        # anchors stay float32 (their logits reach +-4.6 and +inf), whatever the autocast dtype
+        anchors, valid = make_anchors(shapes, memory.device)
+        enc_memory = self.enc_output(valid.to(memory.dtype) * memory)
+        return anchors, enc_memory, self.enc_score_head(enc_memory)
+
+    def _select_queries(self, anchors: Tensor, enc_memory: Tensor, enc_logits: Tensor, extra: int = 0):
         """Top-``num_queries`` encoder cells by best class logit -> content, box and the
         encoder's own predictions for them (supervised in training). ``extra`` > 0 also returns
         the content and boxes of the top ``extra`` cells (the one-to-many group), else None."""
-        # anchors stay float32 (their logits reach +-4.6 and +inf), whatever the autocast dtype
-        anchors, valid = make_anchors(shapes, memory.device)
-        memory = valid.to(memory.dtype) * memory
-        enc_memory = self.enc_output(memory)
-        enc_logits = self.enc_score_head(enc_memory)
         k = min(self.num_queries, enc_logits.shape[1])
         if extra <= 0:
             index = enc_logits.max(-1).values.topk(k, dim=1).indices
@@ -332,7 +341,8 @@ class DFineDecoder(nn.Module):
                                "training mode; call .eval() on the model")
         memory, shapes = self._flatten_levels(feats)
         o2m = self.o2m_queries if self.training and targets is not None else 0
-        top_memory, top_boxes_unact, top_logits, o2m_cells = self._select_queries(memory, shapes, o2m)
+        anchors, enc_memory, enc_logits = self._encoder_cells(memory, shapes)
+        top_memory, top_boxes_unact, top_logits, o2m_cells = self._select_queries(anchors, enc_memory, enc_logits, o2m)
         denoise = None
         dn_meta = None
         if self.training and self.num_denoising > 0 and targets is not None:
@@ -375,6 +385,12 @@ class DFineDecoder(nn.Module):
         result = self._training_outputs(out, top_logits, enc_boxes, dn_meta)
         if o2m_out is not None:
             result["o2m_outputs"] = self._training_outputs(o2m_out, None, None, None)
+        if self.enc_dense and targets is not None:
+            # every cell's class and box from the same heads as the selected cells', for the
+            # dense one-to-many loss
+            result["enc_dense_outputs"] = {
+                "pred_logits": enc_logits, "pred_boxes": (self.enc_bbox_head(enc_memory) + anchors).sigmoid(),
+            }
         return result
 
     def _refine(self, content: Tensor, ref_unact: Tensor, values: list[Tensor], attn_mask: Tensor | None) -> dict:

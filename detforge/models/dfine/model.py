@@ -32,7 +32,8 @@ class DFine(DetectionModel):
     replace fields of the size's settings (see sizes.DFineSize), e.g. ``num_queries=100``.
     ``o2m`` = k > 0 trains an extra group of ``o2m_queries`` (default: num_queries) queries
     matched one-to-many, each object k times (H-DETR); training only: eval, export and deploy
-    outputs are those of the same weights without it.
+    outputs are those of the same weights without it. ``enc_o2m`` = k > 0 also supervises every
+    encoder cell, matching each object to k of them (training only, the same heads).
     """
 
     family = "dfine"
@@ -41,7 +42,7 @@ class DFine(DetectionModel):
 
     def __init__(self, size: str, num_classes: int, pretrained: str | None = None,
                  freeze_norm: bool | None = None, loss_options: dict[str, Any] | None = None,
-                 o2m: int = 0, o2m_queries: int | None = None, **overrides: Any) -> None:
+                 o2m: int = 0, o2m_queries: int | None = None, enc_o2m: int = 0, **overrides: Any) -> None:
         if int(num_classes) < 1:
             raise ValueError(f"D-FINE: num_classes must be >= 1, got {num_classes}")
         super().__init__(num_classes)
@@ -61,11 +62,14 @@ class DFine(DetectionModel):
             reg_max=cfg.reg_max, reg_scale=cfg.reg_scale, eval_idx=cfg.eval_idx, num_denoising=cfg.num_denoising,
             label_noise_ratio=cfg.label_noise_ratio, box_noise_scale=cfg.box_noise_scale,
             o2m_queries=(cfg.num_queries if o2m_queries is None else int(o2m_queries)) if o2m > 0 else 0,
+            enc_dense=enc_o2m > 0,
         )
         self.encoder = encoder
         self._loss_options = dict(loss_options or {})
         if o2m > 0:
             self._loss_options["o2m_repeats"] = int(o2m)
+        if enc_o2m > 0:
+            self._loss_options["enc_o2m_repeats"] = int(enc_o2m)
         self._criterion: list[nn.Module] = []  # built on first use; kept out of the state dict
         self.load_report: dict[str, Any] | None = None
         if pretrained is not None:
