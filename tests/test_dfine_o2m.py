@@ -1,5 +1,6 @@
-"""D-FINE's training-only one-to-many query group (``o2m``): the loss on a hand-worked case, the
-attention mask between the groups, and an unchanged inference graph for the same weights."""
+"""D-FINE's training-only one-to-many supervision: the extra query group (``o2m``) and the dense
+encoder cells (``enc_o2m``). For each, the loss on a hand-worked case, the extra outputs in
+training only, and an unchanged inference graph for the same weights."""
 
 from __future__ import annotations
 
@@ -11,22 +12,24 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from detforge.config import ConfigError, build_config
 from detforge.export import export_model
 from detforge.models.dfine import DFine
 from detforge.models.dfine.criterion import DFineCriterion, _o2m_name, repeat_targets
 from detforge.models.dfine.decoder import group_attention_mask
+from detforge.models.zoo import get_spec
 
 LN2 = math.log(2.0)
+TARGET = [0.5, 0.5, 0.2, 0.4]  # normalised cxcywh: xyxy 0.4, 0.3, 0.6, 0.7
 
 
 def _target():
-    # one object, normalised cxcywh
-    return [{"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4]]), "labels": torch.tensor([0])}]
+    return [{"boxes": torch.tensor([TARGET]), "labels": torch.tensor([0])}]
 
 
 def _two_exact_queries():
     # two queries, both exactly on the target box, logit 0 (p = 0.5)
-    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.4], [0.5, 0.5, 0.2, 0.4]]])
+    boxes = torch.tensor([[TARGET, TARGET]])
     return {"pred_logits": torch.zeros(1, 2, 1), "pred_boxes": boxes}
 
 
@@ -78,42 +81,64 @@ def test_group_attention_mask():
     assert plain.tolist() == [[False, False, True], [False, False, True], [True, True, False]]
 
 
-def _models():
+O2M = {"o2m": 4, "o2m_queries": 40}
+ENC_O2M = {"enc_o2m": 4}
+
+
+def _models(**extra):
+    """A D-FINE-N trained with ``extra`` and a plain one holding the same weights."""
     torch.manual_seed(0)
-    with_o2m = DFine("n", 2, o2m=4, o2m_queries=40)
+    with_extra = DFine("n", 2, **extra)
     plain = DFine("n", 2)
-    plain.load_state_dict(with_o2m.state_dict())  # no parameter of its own: the same state dict
-    return with_o2m, plain
+    plain.load_state_dict(with_extra.state_dict())  # no parameter of its own: the same state dict
+    return with_extra, plain
 
 
-def test_o2m_group_in_training_only():
-    with_o2m, plain = _models()
+def _images_and_targets():
     images = torch.rand(2, 3, 96, 96)
     targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
-    with_o2m.train()
-    losses = with_o2m(images, targets)
-    assert {"loss_mal_o2m", "loss_fgl_o2m_aux_0", "loss_giou_o2m_pre"} <= set(losses)
-    assert all(torch.isfinite(v) for v in losses.values())
-    sum(losses.values()).backward()
-    out = with_o2m.decoder(with_o2m.encoder(with_o2m.backbone(images)), with_o2m._normalise_targets(targets, images))
-    assert out["o2m_outputs"]["pred_logits"].shape == (2, 40, 2)
-    assert out["pred_logits"].shape[1] == 45  # one-to-one queries: every cell of 96 px (6x6 + 3x3)
-    assert "enc_aux_outputs" not in out["o2m_outputs"]
-    with_o2m.eval()
-    plain.load_state_dict(with_o2m.state_dict())
+    return images, targets
+
+
+def _assert_same_eval_outputs(model, plain, images):
+    model.eval()
+    plain.load_state_dict(model.state_dict())
     plain.eval()
     with torch.no_grad():
-        a, b = with_o2m(images), plain(images)
+        a, b = model(images), plain(images)
     assert set(a) == {"pred_logits", "pred_boxes"}
     assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_boxes"], b["pred_boxes"])
 
 
-@pytest.mark.slow  # two ONNX exports: ~15-40 s on 2 shared cores
-def test_deploy_graph_unchanged(tmp_path):
-    with_o2m, plain = _models()
+@pytest.mark.parametrize("extra, terms, key, shape", [
+    (O2M, {"loss_mal_o2m", "loss_fgl_o2m_aux_0", "loss_giou_o2m_pre"}, "o2m_outputs", (2, 40, 2)),
+    # every encoder cell of a 96 px input: 6x6 + 3x3 at strides 16 and 32
+    (ENC_O2M, {"loss_mal_enc_o2m", "loss_bbox_enc_o2m", "loss_giou_enc_o2m"}, "enc_dense_outputs", (2, 45, 2)),
+], ids=["o2m", "enc_o2m"])
+def test_extra_outputs_in_training_only(extra, terms, key, shape):
+    model, plain = _models(**extra)
+    images, targets = _images_and_targets()
+    model.train()
+    losses = model(images, targets)
+    assert terms <= set(losses)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    out = model.decoder(model.encoder(model.backbone(images)), model._normalise_targets(targets, images))
+    assert out[key]["pred_logits"].shape == shape and out[key]["pred_boxes"].shape == (*shape[:2], 4)
+    assert out["pred_logits"].shape[1] == 45  # one-to-one queries: every cell of 96 px
+    assert "enc_aux_outputs" not in out[key]
+    plain.train()
+    assert not terms & set(plain(images, targets))
+    _assert_same_eval_outputs(model, plain, images)
+
+
+@pytest.mark.slow  # two ONNX exports per case: ~15-40 s on 2 shared cores
+@pytest.mark.parametrize("extra", [O2M, ENC_O2M], ids=["o2m", "enc_o2m"])
+def test_deploy_graph_unchanged(tmp_path, extra):
+    model, plain = _models(**extra)
     files = [export_model(m.eval(), ["a", "b"], "onnx", tmp_path / name, imgsz=64)
-             for m, name in ((with_o2m, "o2m"), (plain, "plain"))]
+             for m, name in ((model, "extra"), (plain, "plain"))]
     graphs = [onnx.load(str(f)).graph for f in files]
     assert len(graphs[0].node) == len(graphs[1].node)
     assert [n.op_type for n in graphs[0].node] == [n.op_type for n in graphs[1].node]
@@ -123,3 +148,53 @@ def test_deploy_graph_unchanged(tmp_path):
     outs = [s.run(None, {s.get_inputs()[0].name: x}) for s in runs]
     for a, b in zip(*outs):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- dense one-to-many supervision of the encoder cells (enc_o2m)
+
+def _dense_cells():
+    """Four encoder cells at logit 0: cell 2 exactly on the target, cell 0 shifted 0.05 right
+    (IoU = GIoU = 0.06 / 0.10 = 0.6), cells 1 and 3 far away in opposite corners."""
+    boxes = torch.tensor([[[0.55, 0.5, 0.2, 0.4], [0.1, 0.1, 0.1, 0.1], TARGET, [0.9, 0.9, 0.1, 0.1]]])
+    return {"pred_logits": torch.zeros(1, 4, 1), "pred_boxes": boxes}
+
+
+def _main_queries():
+    return {"pred_logits": torch.zeros(1, 1, 1), "pred_boxes": torch.tensor([[TARGET]])}
+
+
+def test_enc_o2m_loss_hand_worked():
+    """MAL with k = 2: the target twice, so its two cheapest cells (2, then 0) are positives and
+    cells 1 and 3 negatives. At logit 0 every BCE is ln 2; positives weigh 1, negatives
+    0.5**1.5: (2 + 2 * 0.5**1.5) ln 2 over k * 1 box. L1: |0.05| over 2 boxes, x5 = 0.125.
+    GIoU: (1 - 1) + (1 - 0.6) over 2 boxes, x2 = 0.4."""
+    outputs = {**_main_queries(), "enc_dense_outputs": _dense_cells()}
+    losses = DFineCriterion(1, use_mal=True, enc_o2m_repeats=2)(outputs, _target())
+    assert {"loss_mal_enc_o2m", "loss_bbox_enc_o2m", "loss_giou_enc_o2m"} <= set(losses)
+    assert math.isclose(losses["loss_mal_enc_o2m"].item(), (2 + 2 * 0.5**1.5) * LN2 / 2, rel_tol=1e-5)
+    assert math.isclose(losses["loss_bbox_enc_o2m"].item(), 0.125, rel_tol=1e-5)
+    assert math.isclose(losses["loss_giou_enc_o2m"].item(), 0.4, rel_tol=1e-5)
+    # the main query is exact and alone: MAL ln 2 over 1 box, no box loss; untouched by the dense terms
+    assert math.isclose(losses["loss_mal"].item(), LN2, rel_tol=1e-5)
+    # k = 1 picks the exact cell only: three negatives, no box loss
+    one = DFineCriterion(1, use_mal=True, enc_o2m_repeats=1)(outputs, _target())
+    assert math.isclose(one["loss_mal_enc_o2m"].item(), (1 + 3 * 0.5**1.5) * LN2, rel_tol=1e-5)
+    assert abs(one["loss_bbox_enc_o2m"].item()) < 1e-6 and abs(one["loss_giou_enc_o2m"].item()) < 1e-6
+    # the weight scales the dense terms only; k = 0 leaves them out
+    half = DFineCriterion(1, use_mal=True, enc_o2m_repeats=2, enc_o2m_weight=0.5)(outputs, _target())
+    assert math.isclose(half["loss_giou_enc_o2m"].item(), 0.2, rel_tol=1e-5)
+    assert math.isclose(half["loss_mal"].item(), LN2, rel_tol=1e-5)
+    assert not any("enc_o2m" in k for k in DFineCriterion(1, use_mal=True)(outputs, _target()))
+    assert DFine.loss_group("loss_giou_enc_o2m") == "loss_giou"
+    with pytest.raises(ValueError, match="enc_o2m_repeats"):
+        DFineCriterion(1, enc_o2m_repeats=-1)
+
+
+def test_enc_o2m_key_reaches_the_loss():
+    spec = get_spec("dfine-n")
+    assert "enc_o2m" not in spec.options(build_config({"model": "dfine-n"}))
+    options = spec.options(build_config({"model": "dfine-n", "enc_o2m": 3}))
+    model = spec.build(2, **options)
+    assert model.decoder.enc_dense and model.criterion().enc_o2m_repeats == 3
+    with pytest.raises(ConfigError):
+        build_config({"model": "dfine-n", "enc_o2m": -1})
