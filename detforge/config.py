@@ -116,6 +116,7 @@ class TrainConfig(BaseModel):
     # augmentation
     mosaic: float = Field(1.0, ge=0, le=1)
     close_mosaic: int = Field(10, ge=0)
+    open_mosaic: int = Field(0, ge=0)
     mixup: float = Field(0.0, ge=0, le=1)
     mixup_mode: Literal["overlay", "geometry"] = "overlay"
     cutout: float = Field(0.0, ge=0, le=1)
@@ -298,6 +299,7 @@ KEY_HELP: dict[str, str] = {
     "sync_bn": "synchronise BatchNorm statistics across processes",
     "mosaic": "probability of a 4-image mosaic per training sample",
     "close_mosaic": "switch mosaic and mixup off for the last N epochs",
+    "open_mosaic": "switch mosaic, mixup and copy-blend on only after the first N epochs (DEIM's plain first stage); 0: from the start",
     "mixup": "probability of MixUp per training sample",
     "mixup_mode": "overlay (blend with a constant weight) or geometry (Zhang et al. 2019: Beta(1.5,1.5) blend, per-box weights)",
     "cutout": "probability of cutting random holes (boxes mostly hidden are dropped)",

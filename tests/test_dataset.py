@@ -118,6 +118,12 @@ def test_close_mosaic_turns_mosaic_and_mixup_off(tiny_samples):
     assert [ds.mosaic_enabled(e) for e in range(10)] == [True] * 7 + [False] * 3
     assert all(ds[(6, i)][2]["mosaic"] and ds[(6, i)][2]["mixup"] == "overlay" for i in range(4))
     assert not any(ds[(7, i)][2]["mosaic"] or ds[(7, i)][2]["mixup"] for i in range(4))
+    # open_mosaic: plain images first too (DEIM's first stage), the same epochs closed at the end
+    opened = DetectionDataset(tiny_samples, _cfg(mosaic=1.0, mixup=1.0, epochs=10, close_mosaic=3, open_mosaic=2),
+                              train=True)
+    assert [opened.mosaic_enabled(e) for e in range(10)] == [False] * 2 + [True] * 5 + [False] * 3
+    assert not any(opened[(1, i)][2]["mosaic"] or opened[(1, i)][2]["mixup"] for i in range(4))
+    assert all(opened[(2, i)][2]["mosaic"] and opened[(2, i)][2]["mixup"] == "overlay" for i in range(4))
 
 
 def test_geometry_mixup_weights(tiny_samples):

@@ -155,8 +155,9 @@ class DetectionDataset(Dataset):
         return all_idx
 
     def mosaic_enabled(self, epoch: int) -> bool:
-        """Mosaic and MixUp are off for the last ``close_mosaic`` epochs of ``epochs``."""
-        if not self.train:
+        """Mosaic and MixUp are off for the first ``open_mosaic`` epochs and the last
+        ``close_mosaic`` epochs of ``epochs``."""
+        if not self.train or epoch < self.cfg.open_mosaic:
             return False
         return not (self.cfg.close_mosaic > 0 and epoch >= self.cfg.epochs - self.cfg.close_mosaic)
 

@@ -3,8 +3,8 @@
 Training order: geometry (mosaic of 4 + random affine, or one image + random affine, each a
 single warp into the output) -> overlay MixUp -> Copy-Blend -> photometric -> cutout -> flips -> rot90.
 Geometry-preserving MixUp happens before the geometry, on the two images as loaded, as in
-the paper. Mosaic, MixUp and Copy-Blend are the "strong" augmentations that ``close_mosaic``
-turns off.
+the paper. Mosaic, MixUp and Copy-Blend are the "strong" augmentations that ``open_mosaic`` and
+``close_mosaic`` keep off at the start and end of a run.
 Every random choice comes from the ``rng`` passed in, so an item is a pure function of
 (seed, epoch, index).
 """
