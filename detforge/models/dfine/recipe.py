@@ -74,7 +74,12 @@ Also left out on the synthetic set (paired with the default's seeds; benchmarks/
 "denoising settings and mosaic on every image"): ``dn_queries=300`` (150 denoising groups
 instead of 50 for two objects) ended at 0.085 ± 0.025 / 0.186 ± 0.062, paired +0.002 ± 0.031
 over 3 seeds, for ~40% more time per epoch; ``dn_box_noise=0.4`` 0.022 lower (one seed);
-``mosaic=1.0`` paired +0.034 and -0.033 (2 seeds). None left the plateau earlier.
+``mosaic=1.0`` paired +0.034 and -0.033 (2 seeds). None left the plateau earlier. Nor did
+two later switches (same budget, 3 seeds each, paired; "dense encoder supervision and a plain
+first stage"): ``enc_o2m=6`` (every encoder cell matched one-to-many, 6 per object) ended at
+0.074 ± 0.013 / 0.144, paired -0.014, -0.017, +0.003, mean mAP50 at epoch 8 0.033 against the
+default's 0.043; ``open_mosaic=4`` (DEIM's plain first stage: mosaic and MixUp from epoch 5)
+ended at 0.068 ± 0.021 / 0.157, paired -0.041, -0.023, +0.020, epoch 8 at 0.023.
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
