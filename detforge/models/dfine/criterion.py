@@ -430,8 +430,7 @@ class DFineCriterion(nn.Module):
             repeated = repeat_targets(targets, self.enc_o2m_repeats)
             dense_indices = _to_device(self.matcher(dense, repeated)["indices"], device)
             n_dense = num_boxes * self.enc_o2m_repeats
-            terms = self._classification(dense, repeated, dense_indices, n_dense, self.num_classes)
-            terms.update(self._boxes(dense, repeated, dense_indices, n_dense))
+            terms = self._layer_terms(dense, repeated, dense_indices, n_dense, dense_indices, n_dense, None, None, None)
             losses.update({f"loss_{name}_enc_o2m": value * self.weights[name] * self.enc_o2m_weight
                            for name, value in terms.items()})
         if self.o2m_repeats and "o2m_outputs" in outputs:
