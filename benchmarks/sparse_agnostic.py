@@ -1,0 +1,103 @@
+"""Per-epoch mAP of a run's saved checkpoints, with and without the class: does a slow start
+come from finding the objects or from naming them?
+
+Train with ``save_period=1`` (weights/epochN.pt, the EMA weights that epoch was validated
+with), then:
+
+    python benchmarks/sparse_agnostic.py RUN_DIR [RUN_DIR ...] --data /work/data/synthetic_sparse
+
+For every epoch it scores the val split three ways with detforge's COCO evaluator:
+``mAP50-95 / mAP50`` as trained (class-aware, as the run logged them), class-agnostic (every
+prediction and ground-truth box class 0: where the boxes are, whatever their class) and the
+share of ground-truth boxes whose best-IoU prediction among the top 10 of their image has the
+right class (of those found at IoU >= 0.5). One JSON line per run and epoch goes to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+from detforge.api import Detector
+from detforge.data.dataset import DetectionDataset
+from detforge.data.formats import load_dataset
+from detforge.data.loader import build_dataloader
+from detforge.engine.resolve import command_config
+from detforge.engine.validator import predict_loader
+from detforge.eval.coco import coco_map
+from detforge.records import Detections
+
+
+def _agnostic(det: Detections) -> Detections:
+    """Class 0 for all; a DETR query scored for several classes counts once (its best)."""
+    if len(det.scores) == 0:
+        return Detections(det.boxes, det.scores, np.zeros(0, np.int64))
+    _, first = np.unique(det.boxes.round(2), axis=0, return_index=True)  # scores are sorted: first = best
+    keep = np.sort(first)
+    return Detections(det.boxes[keep], det.scores[keep], np.zeros(len(keep), np.int64))
+
+
+def _right_class(samples, dets, top: int = 10) -> tuple[int, int]:
+    """(found at IoU >= 0.5 among an image's top ``top``, of those with the right class)."""
+    found = right = 0
+    for s, d in zip(samples, dets):
+        if len(s.boxes) == 0 or len(d.scores) == 0:
+            continue
+        iou = box_iou(torch.as_tensor(s.boxes, dtype=torch.float32), torch.as_tensor(d.boxes[:top]))
+        best_iou, best = iou.max(1)
+        hit = best_iou >= 0.5
+        found += int(hit.sum())
+        right += int((torch.as_tensor(d.labels[:top])[best][hit] == torch.as_tensor(s.labels)[hit]).sum())
+    return found, right
+
+
+def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
+    data = load_dataset(data_dir)
+    samples = data.splits[split]
+    sizes = [(s.height, s.width) for s in samples]
+    gt = [(s.boxes, s.labels) for s in samples]
+    gt0 = [(s.boxes, np.zeros_like(s.labels)) for s in samples]
+    n_gt = sum(len(s.boxes) for s in samples)
+    ckpts = sorted(run.glob("weights/epoch*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    if not ckpts:
+        raise SystemExit(f"{run}: no weights/epochN.pt (train with save_period=1)")
+    rows = []
+    for ckpt in ckpts:
+        det = Detector(str(ckpt))
+        cfg = command_config("val", {"model": str(ckpt), "data": data_dir, "workers": 0}, base=det._settings())
+        loader = build_dataloader(DetectionDataset(samples, cfg, train=False), 16, train=False, workers=0, seed=0)
+        with torch.no_grad():
+            per_image = dict((int(m["index"]), d) for m, d in predict_loader(det.model, loader, torch.device("cpu"), show=False))
+        dets = [per_image[i] for i in range(len(samples))]
+        aware = coco_map(gt, dets, len(data.names), sizes)
+        blind = coco_map(gt0, [_agnostic(d) for d in dets], 1, sizes)
+        found, right = _right_class(samples, dets)
+        rows.append({
+            "run": run.name, "epoch": int(re.findall(r"\d+", ckpt.stem)[0]),
+            "map50_95": round(aware["map50_95"], 4), "map50": round(aware["map50"], 4),
+            "agnostic_map50_95": round(blind["map50_95"], 4), "agnostic_map50": round(blind["map50"], 4),
+            "found_top10": round(found / max(n_gt, 1), 3), "right_class_of_found": round(right / max(found, 1), 3),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="val")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    for run in args.runs:
+        score_run(run, args.data, args.split)
+
+
+if __name__ == "__main__":
+    main()
