@@ -84,6 +84,15 @@ first stage"): ``enc_o2m=6`` (every encoder cell matched one-to-many, 6 per obje
 0.074 ± 0.013 / 0.144, paired -0.014, -0.017, +0.003, mean mAP50 at epoch 8 0.033 against the
 default's 0.043; ``open_mosaic=4`` (DEIM's plain first stage: mosaic and MixUp from epoch 5)
 ended at 0.068 ± 0.021 / 0.157, paired -0.041, -0.023, +0.020, epoch 8 at 0.023.
+The pairings of the last two paragraphs' later arms (dn_*, mosaic, lr0, enc_o2m, open_mosaic)
+were with default runs from another machine, where the same seed trains a different model.
+Re-run on the arms' machine ("the default recipe re-run beside its arms"), the default ends at
+0.063 ± 0.012 / 0.147 ± 0.015 with this recipe's EMA (last-5 swing 0.013, best - last 0.005,
+epoch-8 mAP50 0.035); ``mosaic=1.0`` is above it in every seed (+0.058, +0.017, +0.031) but lower
+on BCCD-WBC, ``dn_queries=300`` above in one seed of three, ``enc_o2m=6`` and ``open_mosaic=4``
+level. Per-epoch class-agnostic scores of those runs place the slow start in finding the
+objects (28 % found at IoU 0.5 by epoch 8), and the low end in naming them (the right class
+for about a third of the found objects, near chance for four classes).
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
