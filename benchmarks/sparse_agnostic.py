@@ -73,7 +73,8 @@ def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
         cfg = command_config("val", {"model": str(ckpt), "data": data_dir, "workers": 0}, base=det._settings())
         loader = build_dataloader(DetectionDataset(samples, cfg, train=False), 16, train=False, workers=0, seed=0)
         with torch.no_grad():
-            per_image = dict((int(m["index"]), d) for m, d in predict_loader(det.model, loader, torch.device("cpu"), show=False))
+            predicted = predict_loader(det.model, loader, torch.device("cpu"), show=False)
+            per_image = {int(meta["index"]): d for meta, d in predicted}
         dets = [per_image[i] for i in range(len(samples))]
         aware = coco_map(gt, dets, len(data.names), sizes)
         blind = coco_map(gt0, [_agnostic(d) for d in dets], 1, sizes)

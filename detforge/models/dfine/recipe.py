@@ -78,7 +78,8 @@ groups instead of 50 for two objects) ended at 0.085 ± 0.025 / 0.186 ± 0.062, 
 (3 seeds, paired +0.034, -0.033, +0.038; epoch 8 at 0.058 against 0.043), the best mean of any
 single change here but within seed noise; on BCCD-WBC (3 seeds) it ended at 0.777 ± 0.018 /
 0.992 against 0.782 ± 0.010 / 0.996 (paired +0.018, -0.001, -0.030) with twice the late swing
-(0.027 against 0.013), so the recipe keeps 0.5 ("BCCD-WBC and BCCD: mosaic on every image"). None left the plateau by epoch 8 in every seed. Nor did
+(0.027 against 0.013), so the recipe keeps 0.5 ("BCCD-WBC and BCCD: mosaic on every image").
+None left the plateau by epoch 8 in every seed. Nor did
 two later switches (same budget, 3 seeds each, paired; "dense encoder supervision and a plain
 first stage"): ``enc_o2m=6`` (every encoder cell matched one-to-many, 6 per object) ended at
 0.074 ± 0.013 / 0.144, paired -0.014, -0.017, +0.003, mean mAP50 at epoch 8 0.033 against the
