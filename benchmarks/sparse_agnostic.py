@@ -57,6 +57,11 @@ def _right_class(samples, dets, top: int = 10) -> tuple[int, int]:
     return found, right
 
 
+def _epoch(ckpt: Path) -> int:
+    """weights/epoch12.pt -> 12."""
+    return int(re.findall(r"\d+", ckpt.stem)[0])
+
+
 def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
     data = load_dataset(data_dir)
     samples = data.splits[split]
@@ -64,7 +69,7 @@ def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
     gt = [(s.boxes, s.labels) for s in samples]
     gt0 = [(s.boxes, np.zeros_like(s.labels)) for s in samples]
     n_gt = sum(len(s.boxes) for s in samples)
-    ckpts = sorted(run.glob("weights/epoch*.pt"), key=lambda p: int(re.findall(r"\d+", p.stem)[0]))
+    ckpts = sorted(run.glob("weights/epoch*.pt"), key=_epoch)
     if not ckpts:
         raise SystemExit(f"{run}: no weights/epochN.pt (train with save_period=1)")
     rows = []
@@ -72,15 +77,15 @@ def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
         det = Detector(str(ckpt))
         cfg = command_config("val", {"model": str(ckpt), "data": data_dir, "workers": 0}, base=det._settings())
         loader = build_dataloader(DetectionDataset(samples, cfg, train=False), 16, train=False, workers=0, seed=0)
-        with torch.no_grad():
-            predicted = predict_loader(det.model, loader, torch.device("cpu"), show=False)
-            per_image = {int(meta["index"]): d for meta, d in predicted}
+        # predict_loader runs under no_grad itself
+        predicted = predict_loader(det.model, loader, torch.device("cpu"), show=False)
+        per_image = {int(meta["index"]): d for meta, d in predicted}
         dets = [per_image[i] for i in range(len(samples))]
         aware = coco_map(gt, dets, len(data.names), sizes)
         blind = coco_map(gt0, [_agnostic(d) for d in dets], 1, sizes)
         found, right = _right_class(samples, dets)
         rows.append({
-            "run": run.name, "epoch": int(re.findall(r"\d+", ckpt.stem)[0]),
+            "run": run.name, "epoch": _epoch(ckpt),
             "map50_95": round(aware["map50_95"], 4), "map50": round(aware["map50"], 4),
             "agnostic_map50_95": round(blind["map50_95"], 4), "agnostic_map50": round(blind["map50"], 4),
             "found_top10": round(found / max(n_gt, 1), 3), "right_class_of_found": round(right / max(found, 1), 3),
