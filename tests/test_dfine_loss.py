@@ -111,6 +111,26 @@ def test_mal_one_query_by_hand():
     assert losses["loss_mal"].item() == pytest.approx(mal, rel=1e-5)
 
 
+def test_mal_gamma_and_cls_weight_keys_by_hand():
+    """``mal_gamma=1 cls_weight=2`` from the training config reach the criterion: the positive
+    target becomes IoU itself, the negative's weight p, and the whole term is doubled."""
+    from detforge.config import build_config
+    from detforge.models.dfine import DFine
+    from detforge.models.zoo import get_spec
+
+    options = get_spec("dfine-n").options(build_config({"model": "dfine-n", "mal_gamma": 1.0, "cls_weight": 2.0}))
+    criterion = DFine("n", 2, **options).criterion()
+    outputs, targets = one_query_case(LOGITS, PRED, TARGET)
+    losses = criterion(outputs, targets)
+    p0, p1 = sigmoid(LOGITS[0]), sigmoid(LOGITS[1])
+    assert losses["loss_mal"].item() == pytest.approx(2 * (bce(p0, IOU) + p1 * bce(p1, 0.0)), rel=1e-5)
+    assert losses["loss_bbox"].item() == pytest.approx(5 * 0.2, rel=1e-5)  # box terms keep their weights
+    # the weight follows the term in use: VFL when MAL is off
+    vfl_options = get_spec("dfine-n").options(build_config({"model": "dfine-n", "mal": False, "cls_weight": 2.0}))
+    vfl = DFine("n", 2, **vfl_options).criterion()(outputs, targets)["loss_vfl"].item()
+    assert vfl == pytest.approx(2 * (IOU * bce(p0, IOU) + 0.75 * p1**2 * bce(p1, 0.0)), rel=1e-5)
+
+
 def test_label_smoothing_by_hand():
     outputs, targets = one_query_case(LOGITS, PRED, TARGET)
     losses = DFineCriterion(num_classes=2, label_smoothing=0.2)(outputs, targets)

@@ -19,6 +19,11 @@ def _options(cfg) -> dict:
     loss = {"label_smoothing": float(cfg.label_smoothing)}
     if getattr(cfg, "mal", None) is not None:
         loss["use_mal"] = bool(cfg.mal)
+    if getattr(cfg, "mal_gamma", None) is not None:
+        loss["mal_gamma"] = float(cfg.mal_gamma)
+    if getattr(cfg, "cls_weight", None) is not None:
+        # one weight for whichever classification term the criterion uses
+        loss["weights"] = {"vfl": float(cfg.cls_weight), "mal": float(cfg.cls_weight)}
     options = {"loss_options": loss}
     if getattr(cfg, "o2m", 0):
         options.update(o2m=int(cfg.o2m), o2m_queries=cfg.o2m_queries)
