@@ -346,6 +346,13 @@ for _key, _text in KEY_HELP.items():
         TrainConfig.model_fields[_key].description = _text
 
 FIELDS = list(TrainConfig.model_fields)
+# keys only DETR families read (their help says so): other families would ignore them silently
+DETR_KEYS = [k for k, f in TrainConfig.model_fields.items() if (f.description or "").startswith("DETRs")]
+
+
+def detr_keys_set(cfg: BaseModel) -> list[str]:
+    """The DETR-only keys of ``cfg`` that differ from their defaults."""
+    return [k for k in DETR_KEYS if getattr(cfg, k) != TrainConfig.model_fields[k].default]
 
 
 def closest_key(key: str, keys: list[str] | None = None) -> str | None:

@@ -192,3 +192,17 @@ def test_auto_ema_ramp_is_sized_from_the_run(synthetic_root, tmp_path):
         trainer.log.close()
     # 120 steps: H = 18 -> W = 120 / -ln(1 - (17 / 18) / 0.9999) = 120 / 2.892 = 41.5 -> 41
     assert trainer.ema.warmup == 41
+
+
+def test_detr_only_keys_warn_on_other_families(synthetic_root, tmp_path, capsys):
+    base = {"data": str(synthetic_root), "project": str(tmp_path), "plots": False, "epochs": 1,
+            **dict(a.split("=") for a in FAST)}
+    for model, expect in (("fcos-n", ["fcos-n is not a DETR: mal_gamma=1.0, o2m=4 only apply to DETRs (dfine-*) "
+                                      "and are ignored"]), ("dfine-n", [])):
+        capsys.readouterr()
+        trainer = Trainer(build_config({**base, "model": model, "o2m": 4, "mal_gamma": 1.0}))
+        trainer.setup()
+        trainer.log.close()
+        # detforge's log handler writes to stdout (it does not propagate to the root logger)
+        out = capsys.readouterr()
+        assert [line for line in (out.out + out.err).splitlines() if "not a DETR" in line] == expect

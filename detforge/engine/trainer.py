@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detforge.config import ConfigError, TrainConfig
+from detforge.config import ConfigError, TrainConfig, detr_keys_set
 from detforge.data.dataset import DetectionDataset
 from detforge.data.formats import load_dataset
 from detforge.data.loader import build_dataloader, loader_set_epoch, multi_scale_size, resize_batch
@@ -202,22 +202,28 @@ class Trainer:
     def _build_model(self, train_samples) -> torch.nn.Module:
         cfg = self.cfg
         self.model_options: dict[str, Any] = {}  # what a checkpoint reader rebuilds the model with
+        spec_of_run = None  # a model object handed in has no spec to check the keys against
         if self._model_in is not None:
             model = self._model_in
         elif cfg.model.endswith(".pt"):  # fine-tune a detforge checkpoint (new head if classes differ)
             record = read_model_record(cfg.model)
-            self.model_options = {**record.model_options, **get_spec(record.model_name).options(cfg)}
+            spec_of_run = get_spec(record.model_name)
+            self.model_options = {**record.model_options, **spec_of_run.options(cfg)}
             model = build_model(record.model_name, len(self.names), **self.model_options)
             load_matching(model, read_detforge_checkpoint(cfg.model)["model"], source=cfg.model)
             if cfg.pretrained:
                 load_pretrained(model, cfg.pretrained)
         else:
-            spec = get_spec(cfg.model)
+            spec = spec_of_run = get_spec(cfg.model)
             # data-dependent options (e.g. anchors fitted to the training boxes) over the config's
             prepared = spec.prepare(cfg, train_samples) if spec.prepare is not None else {}
             self.model_options = {**spec.options(cfg), **prepared}
             model = build_with_weights(cfg.model, len(self.names), cfg.pretrained, **self.model_options)
         self.model_name = getattr(model, "model_name", cfg.model)
+        ignored = [] if spec_of_run is None or spec_of_run.detr else detr_keys_set(cfg)
+        if ignored and self.is_main:
+            LOG.warning("%s is not a DETR: %s only apply to DETRs (dfine-*) and are ignored",
+                        spec_of_run.name, ", ".join(f"{k}={getattr(cfg, k)}" for k in ignored))
         return model
 
     def _resolve_batch(self) -> int:

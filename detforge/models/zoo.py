@@ -12,6 +12,8 @@ so the configuration can be resolved once, with no family names in the engine:
   ``pretrained=PATH`` (official checkpoints, Darknet .weights, ...); ``None`` means the generic
   name-and-shape matching of detforge/engine checkpoints;
 - ``published``: named published weights (``pretrained=NAME``), filled by the weights hub;
+- ``detr``: the family reads the DETR-only keys (``mal``, ``o2m``, ``dn_queries``...); the
+  trainer warns when they are set for any other;
 - ``prepare(cfg, train_samples)``: optional; called once when training starts from a model
   name (not from a checkpoint, whose model already holds what it was trained with), after the
   data is read and before the model is built, with the train split's ``Sample`` records. It
@@ -51,6 +53,7 @@ class ModelSpec:
     load_weights: Callable[[DetectionModel, str], Any] | None = None
     published: dict[str, Any] = field(default_factory=dict)
     prepare: Callable[[Any, list], dict[str, Any]] | None = None
+    detr: bool = False  # reads the DETR-only training keys (config.DETR_KEYS)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}

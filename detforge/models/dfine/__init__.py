@@ -54,6 +54,7 @@ for _size in SIZES:
         description=f"D-FINE-{_size.upper()} ({_BACKBONES[_size]}); NMS-free real-time DETR",
         defaults=_recipe(_size),
         options=_options,
+        detr=True,
     ))
 
 __all__ = ["DFine", "SIZES", "load_official", "official_recipe"]
