@@ -6,11 +6,12 @@ with), then:
 
     python benchmarks/sparse_agnostic.py RUN_DIR [RUN_DIR ...] --data /work/data/synthetic_sparse
 
-For every epoch it scores the val split three ways with detforge's COCO evaluator:
-``mAP50-95 / mAP50`` as trained (class-aware, as the run logged them), class-agnostic (every
-prediction and ground-truth box class 0: where the boxes are, whatever their class) and the
-share of ground-truth boxes whose best-IoU prediction among the top 10 of their image has the
-right class (of those found at IoU >= 0.5). One JSON line per run and epoch goes to stdout.
+For every saved epoch (or only those given, e.g. ``--epochs 8 25``) it scores the val split
+three ways with detforge's COCO evaluator: ``mAP50-95 / mAP50`` as trained (class-aware, as the
+run logged them), class-agnostic (every prediction and ground-truth box class 0: where the
+boxes are, whatever their class) and the share of ground-truth boxes whose best-IoU prediction
+among the top 10 of their image has the right class (of those found at IoU >= 0.5). One JSON
+line per run and epoch goes to stdout.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _epoch(ckpt: Path) -> int:
     return int(re.findall(r"\d+", ckpt.stem)[0])
 
 
-def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
+def score_run(run: Path, data_dir: str, split: str = "val", epochs: list[int] | None = None) -> list[dict]:
+    """One row per saved epoch of ``run`` (only ``epochs`` when given)."""
     data = load_dataset(data_dir)
     samples = data.splits[split]
     sizes = [(s.height, s.width) for s in samples]
@@ -72,6 +74,11 @@ def score_run(run: Path, data_dir: str, split: str = "val") -> list[dict]:
     ckpts = sorted(run.glob("weights/epoch*.pt"), key=_epoch)
     if not ckpts:
         raise SystemExit(f"{run}: no weights/epochN.pt (train with save_period=1)")
+    if epochs:
+        missing = sorted(set(epochs) - {_epoch(c) for c in ckpts})
+        if missing:
+            raise SystemExit(f"{run}: no weights for epoch(s) {missing} (train with save_period=1)")
+        ckpts = [c for c in ckpts if _epoch(c) in epochs]
     rows = []
     for ckpt in ckpts:
         det = Detector(str(ckpt))
@@ -99,10 +106,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="val")
+    parser.add_argument("--epochs", type=int, nargs="+", help="score only these epochs (default: every saved one)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     for run in args.runs:
-        score_run(run, args.data, args.split)
+        score_run(run, args.data, args.split, args.epochs)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,6 @@ def test_scores_match_the_runs_own_validation(synthetic_root, tmp_path, capsys):
         assert 0 <= mine["agnostic_map50"] <= 1 and 0 <= mine["found_top10"] <= 1
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert printed == rows
+    assert sparse_agnostic.score_run(tmp_path / "run", str(synthetic_root), epochs=[2]) == rows[1:]
+    with pytest.raises(SystemExit, match=r"epoch\(s\) \[7\]"):
+        sparse_agnostic.score_run(tmp_path / "run", str(synthetic_root), epochs=[2, 7])
