@@ -222,7 +222,7 @@ class Trainer:
         self.model_name = getattr(model, "model_name", cfg.model)
         ignored = [] if spec_of_run is None or spec_of_run.detr else detr_keys_set(cfg)
         if ignored and self.is_main:
-            LOG.warning("%s is not a DETR: %s only apply to DETRs (dfine-*) and are ignored",
+            LOG.warning("%s is not a DETR: ignoring %s (keys read only by DETRs, dfine-*)",
                         spec_of_run.name, ", ".join(f"{k}={getattr(cfg, k)}" for k in ignored))
         return model
 
