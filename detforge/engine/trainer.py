@@ -45,7 +45,7 @@ from detforge.engine.sharding import build_eval_loader
 from detforge.engine.validator import evaluate
 from detforge.errors import NonFiniteLossError
 from detforge.eval.evaluator import fitness as fitness_of
-from detforge.models.zoo import build_model, get_spec
+from detforge.models.zoo import build_model, detr_families, get_spec
 from detforge.engine.resolve import ResolvedConfig, resolve_train_config
 from detforge.utils.runtime import (
     add_file_log,
@@ -222,8 +222,8 @@ class Trainer:
         self.model_name = getattr(model, "model_name", cfg.model)
         ignored = [] if spec_of_run is None or spec_of_run.detr else detr_keys_set(cfg)
         if ignored and self.is_main:
-            LOG.warning("%s is not a DETR: ignoring %s (keys read only by DETRs, dfine-*)",
-                        spec_of_run.name, ", ".join(f"{k}={getattr(cfg, k)}" for k in ignored))
+            LOG.warning("%s is not a DETR: ignoring %s (keys read only by the DETR families: %s)", spec_of_run.name,
+                        ", ".join(f"{k}={getattr(cfg, k)}" for k in ignored), ", ".join(detr_families()))
         return model
 
     def _resolve_batch(self) -> int:

@@ -87,6 +87,12 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def detr_families() -> list[str]:
+    """The families that read the DETR-only training keys (``ModelSpec.detr``)."""
+    _load_families()
+    return sorted({spec.family for spec in _REGISTRY.values() if spec.detr})
+
+
 def get_spec(name: str) -> ModelSpec:
     _load_families()
     key = name.lower()
