@@ -38,6 +38,17 @@ def test_backbone_lr_full_from_scratch_official_from_weights():
     assert small_data_recipe("x", from_pretrained=True)["backbone_lr_mult"] == pytest.approx(0.01)  # 2.5e-6 / 2.5e-4
 
 
+def test_mal_exponent_one_from_scratch_deims_from_weights():
+    assert small_data_recipe("n")["mal_gamma"] == 1.0 and small_data_recipe("x")["mal_gamma"] == 1.0
+    assert small_data_recipe("n", from_pretrained=True)["mal_gamma"] == 1.5
+    # the recipe's exponent reaches the criterion through the config
+    from detforge.models.zoo import get_spec
+
+    options = get_spec("dfine-n").options(build_config(preset=small_data_recipe("n")))
+    with torch.device("meta"):
+        assert DFine("n", num_classes=3, **options).criterion().mal_gamma == 1.0
+
+
 def test_no_augmentation_tail_is_about_15_percent_of_the_run():
     assert [no_aug_epochs(e) for e in (1, 8, 25, 72, 100)] == [1, 1, 4, 11, 15]
     assert small_data_recipe("s", epochs=25)["close_mosaic"] == 4
