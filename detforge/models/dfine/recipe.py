@@ -25,8 +25,9 @@ so their separate effects are not measured). What changes, and why:
   batch 16, 25 epochs from scratch, 3 seeds each (benchmarks/RESULTS.md, "MAL's exponent 1.0
   over three seeds"): BCCD 0.501 ± 0.007 / 0.787 mAP50-95 / mAP50 against 0.450 ± 0.028 / 0.690
   at 1.5; the 1-2-object synthetic set 0.105 ± 0.005 / 0.227 against 0.063 ± 0.012 / 0.147,
-  every seed above every seed at 1.5; BCCD-WBC 0.773 against 0.782 ± 0.010 (mAP50 0.993 against
-  0.996), a little lower, with steadier last epochs. Official weights, trained under 1.5, keep it.
+  every seed above every seed at 1.5; BCCD-WBC 0.769 ± 0.007 against 0.782 ± 0.010 (mAP50
+  0.994 against 0.996), a little lower, with steadier last epochs. Official weights, trained
+  under 1.5, keep it.
 - From scratch the backbone trains at the full lr: the official backbone multipliers (0.5 for N,
   down to 0.01 for X) protect ImageNet features, and a random backbone has none to protect.
   Starting from official weights keeps the official multiplier.
