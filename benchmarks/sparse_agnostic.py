@@ -1,5 +1,5 @@
 """Per-epoch mAP of a run's saved checkpoints, with and without the class: does a slow start
-come from finding the objects or from naming them?
+come from finding the objects or from naming them, and does a low mAP50 come from duplicates?
 
 Train with ``save_period=1`` (weights/epochN.pt, the EMA weights that epoch was validated
 with), then:
@@ -10,8 +10,11 @@ For every saved epoch (or only those given, e.g. ``--epochs 8 25``) it scores th
 three ways with detforge's COCO evaluator: ``mAP50-95 / mAP50`` as trained (class-aware, as the
 run logged them), class-agnostic (every prediction and ground-truth box class 0: where the
 boxes are, whatever their class) and the share of ground-truth boxes whose best-IoU prediction
-among the top 10 of their image has the right class (of those found at IoU >= 0.5). One JSON
-line per run and epoch goes to stdout.
+among the top 10 of their image has the right class (of those found at IoU >= 0.5). Duplicates:
+predictions on an object another, higher-scored prediction already found (IoU >= 0.5, same
+class), counted where they outrank the set's weakest hit (only those cost AP), and mAP50 after a
+class-wise NMS at IoU 0.7 (what YOLO-style post-processing would read; a diagnostic only, the
+DETRs' deploy graph has no NMS). One JSON line per run and epoch goes to stdout.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import batched_nms, box_iou
 
 from detforge.api import Detector
 from detforge.data.dataset import DetectionDataset
@@ -56,6 +59,32 @@ def _right_class(samples, dets, top: int = 10) -> tuple[int, int]:
         found += int(hit.sum())
         right += int((torch.as_tensor(d.labels[:top])[best][hit] == torch.as_tensor(s.labels)[hit]).sum())
     return found, right
+
+
+def _duplicates(samples, dets, iou_thr: float = 0.5) -> int:
+    """Predictions on an already-found object (COCO's greedy matching in score order, same class)
+    that score above the lowest-scored hit of the whole set: the ones that lower AP at ``iou_thr``."""
+    hits, dups = [], []
+    for s, d in zip(samples, dets):
+        if len(s.boxes) == 0 or len(d.scores) == 0:
+            continue
+        iou = box_iou(torch.as_tensor(d.boxes, dtype=torch.float32), torch.as_tensor(s.boxes, dtype=torch.float32))
+        iou[torch.as_tensor(d.labels)[:, None] != torch.as_tensor(s.labels)[None, :]] = 0
+        taken = torch.zeros(len(s.boxes), dtype=torch.bool)
+        for k in np.argsort(-d.scores, kind="stable"):
+            free = iou[k].masked_fill(taken, 0)
+            if free.max() >= iou_thr:
+                taken[free.argmax()] = True
+                hits.append(d.scores[k])
+            elif iou[k].max() >= iou_thr:
+                dups.append(d.scores[k])
+    return int(sum(score > min(hits) for score in dups)) if hits else 0
+
+
+def _nms(det: Detections, iou_thr: float = 0.7) -> Detections:
+    keep = batched_nms(torch.as_tensor(det.boxes, dtype=torch.float32), torch.as_tensor(det.scores, dtype=torch.float32),
+                       torch.as_tensor(det.labels), iou_thr).numpy()
+    return Detections(det.boxes[keep], det.scores[keep], det.labels[keep])
 
 
 def _epoch(ckpt: Path) -> int:
@@ -91,11 +120,13 @@ def score_run(run: Path, data_dir: str, split: str = "val", epochs: list[int] | 
         aware = coco_map(gt, dets, len(data.names), sizes)
         blind = coco_map(gt0, [_agnostic(d) for d in dets], 1, sizes)
         found, right = _right_class(samples, dets)
+        with_nms = coco_map(gt, [_nms(d) for d in dets], len(data.names), sizes)
         rows.append({
             "run": run.name, "epoch": _epoch(ckpt),
             "map50_95": round(aware["map50_95"], 4), "map50": round(aware["map50"], 4),
             "agnostic_map50_95": round(blind["map50_95"], 4), "agnostic_map50": round(blind["map50"], 4),
             "found_top10": round(found / max(n_gt, 1), 3), "right_class_of_found": round(right / max(found, 1), 3),
+            "duplicates_above_a_hit": _duplicates(samples, dets), "map50_after_nms07": round(with_nms["map50"], 4),
         })
         print(json.dumps(rows[-1]), flush=True)
     return rows

@@ -58,3 +58,18 @@ def test_scores_match_the_runs_own_validation(synthetic_root, tmp_path, capsys):
     assert sparse_agnostic.score_run(tmp_path / "run", str(synthetic_root), epochs=[2]) == rows[1:]
     with pytest.raises(SystemExit, match=r"epoch\(s\) \[7\]"):
         sparse_agnostic.score_run(tmp_path / "run", str(synthetic_root), epochs=[2, 7])
+
+
+def test_duplicates_count_only_those_above_the_weakest_hit():
+    a = Sample(Path("a.jpg"), np.array([[0, 0, 10, 10]], np.float32), np.array([0]), 100, 100)
+    b = Sample(Path("b.jpg"), np.array([[50, 50, 70, 70]], np.float32), np.array([0]), 100, 100)
+    # a: hit 0.9, a duplicate 0.6 (IoU 0.81), a wrong-class box on it 0.5 (not a duplicate), a
+    # duplicate 0.2; b: hit 0.4, a miss 0.95. The weakest hit scores 0.4: one duplicate is above it
+    det_a = Detections(np.array([[0, 0, 10, 10], [1, 1, 10, 10], [0, 0, 10, 10], [0, 0, 9, 9]], np.float32),
+                       np.array([0.9, 0.6, 0.5, 0.2], np.float32), np.array([0, 0, 1, 0]))
+    det_b = Detections(np.array([[50, 50, 70, 70], [0, 80, 10, 90]], np.float32),
+                       np.array([0.4, 0.95], np.float32), np.array([0, 0]))
+    assert sparse_agnostic._duplicates([a, b], [det_a, det_b]) == 1
+    assert sparse_agnostic._duplicates([a], [det_a]) == 0  # alone, a's only hit (0.9) outranks both duplicates
+    kept = sparse_agnostic._nms(det_a)  # IoU 0.81 > 0.7 drops the 0.6 and the 0.2 (0.81); class 1 stays
+    np.testing.assert_allclose(kept.scores, [0.9, 0.5])
