@@ -391,3 +391,40 @@ def test_weights_override_accepts_official_names():
     losses = DFineCriterion(num_classes=2, weights={"loss_bbox": 1.0, "giou": 0.0})(outputs, targets)
     assert losses["loss_bbox"].item() == pytest.approx(0.2, rel=1e-5)
     assert losses["loss_giou"].item() == 0.0
+
+
+def test_duplicate_weight_by_hand():
+    """``dup_weight=3``: an unmatched query overlapping the target at IoU >= 0.5 (a duplicate)
+    gets three times its negative weight in the target's class only; a far query, the other
+    class and the matched query keep theirs. MAL with exponent 1: negatives weigh p."""
+    from detforge.config import build_config
+    from detforge.models.dfine import DFine
+    from detforge.models.zoo import get_spec
+
+    target = [0.5, 0.5, 0.4, 0.4]
+    # query 0 exact (matched), query 1 shifted by 0.05 (IoU 0.35 * 0.4 / (0.32 - 0.14) = 0.778),
+    # query 2 far away (IoU 0)
+    boxes = torch.tensor([[target, [0.55, 0.5, 0.4, 0.4], [0.1, 0.1, 0.1, 0.1]]])
+    logits = torch.tensor([[[2.0, -1.0], [1.0, 0.5], [0.0, -2.0]]])
+    outputs = {"pred_logits": logits, "pred_boxes": boxes}
+    targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([target])}]
+    p = [[sigmoid(v) for v in row] for row in logits[0].tolist()]
+
+    def expected(w):
+        negatives = p[0][1] * bce(p[0][1], 0) + p[2][0] * bce(p[2][0], 0) + p[2][1] * bce(p[2][1], 0)
+        negatives += p[1][1] * bce(p[1][1], 0) + w * p[1][0] * bce(p[1][0], 0)
+        return bce(p[0][0], 1.0) + negatives
+
+    options = get_spec("dfine-n").options(build_config({"model": "dfine-n", "mal_gamma": 1.0, "dup_weight": 3.0}))
+    assert options["loss_options"]["dup_weight"] == 3.0
+    losses = DFine("n", 2, **options).criterion()(outputs, targets)
+    assert losses["loss_mal"].item() == pytest.approx(expected(3.0), rel=1e-5)
+    plain = DFineCriterion(num_classes=2, use_mal=True, mal_gamma=1.0)(outputs, targets)
+    assert plain["loss_mal"].item() == pytest.approx(expected(1.0), rel=1e-5)
+    # the IoU bar: at dup_iou 0.8 the shifted query (0.778) is no longer a duplicate
+    strict = DFineCriterion(num_classes=2, use_mal=True, mal_gamma=1.0, dup_weight=3.0, dup_iou=0.8)(outputs, targets)
+    assert strict["loss_mal"].item() == pytest.approx(expected(1.0), rel=1e-5)
+    # VFL takes the same factor on its negatives (alpha * p**2)
+    vfl = DFineCriterion(num_classes=2, dup_weight=3.0)(outputs, targets)["loss_vfl"].item()
+    vfl_plain = DFineCriterion(num_classes=2)(outputs, targets)["loss_vfl"].item()
+    assert vfl - vfl_plain == pytest.approx(2 * 0.75 * p[1][0] ** 2 * bce(p[1][0], 0), rel=1e-5)

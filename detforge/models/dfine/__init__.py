@@ -24,6 +24,8 @@ def _options(cfg) -> dict:
     if getattr(cfg, "cls_weight", None) is not None:
         # one weight for whichever classification term the criterion uses
         loss["weights"] = {"vfl": float(cfg.cls_weight), "mal": float(cfg.cls_weight)}
+    if getattr(cfg, "dup_weight", 1.0) != 1.0:
+        loss["dup_weight"] = float(cfg.dup_weight)
     options = {"loss_options": loss}
     if getattr(cfg, "o2m", 0):
         options.update(o2m=int(cfg.o2m), o2m_queries=cfg.o2m_queries)

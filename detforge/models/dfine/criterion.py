@@ -35,6 +35,13 @@ other cell is a negative, where the official encoder loss sees only the selected
 positive per object. The classification and L1 / GIoU terms are named ``loss_<term>_enc_o2m``,
 normalised by k * num_boxes and scaled by ``enc_o2m_weight``.
 
+With ``dup_weight`` = w != 1, an unmatched decoder query whose box overlaps a target at IoU >=
+``dup_iou`` (0.5) gets w times its negative weight in that target's class: such a query is a
+duplicate, a false positive at mAP50 that a DETR must learn to score down through its
+self-attention, since its deploy graph has no NMS to remove it. Only the one-to-one decoder
+terms (final, auxiliary and first-layer heads) change; encoder proposals, denoising queries and
+the one-to-many group keep the plain weights, since overlapping boxes are expected there.
+
 Everything is computed in float32 with autocast disabled, so fp16/bf16 model outputs are safe;
 empty images, empty batches, zero-size and inverted boxes give finite values. Unlike the reference,
 a NaN loss is not silently replaced by 0: it reaches the caller, whose job is to report it.
@@ -46,6 +53,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from torchvision.ops import box_iou
 
 from detforge.models.dfine.box_ops import bbox2distance, cxcywh_to_xyxy, paired_box_iou
 from detforge.models.dfine.fdr import weighting_function
@@ -184,6 +193,8 @@ class DFineCriterion(nn.Module):
         o2m_weight: float = 1.0,
         enc_o2m_repeats: int = 0,
         enc_o2m_weight: float = 1.0,
+        dup_weight: float = 1.0,
+        dup_iou: float = 0.5,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -213,6 +224,10 @@ class DFineCriterion(nn.Module):
                              f"{enc_o2m_repeats}, {enc_o2m_weight}")
         self.enc_o2m_repeats = int(enc_o2m_repeats)
         self.enc_o2m_weight = float(enc_o2m_weight)
+        if dup_weight < 0 or not 0 < dup_iou <= 1:
+            raise ValueError(f"DFineCriterion: dup_weight must be >= 0 and dup_iou in (0, 1], got {dup_weight}, {dup_iou}")
+        self.dup_weight = float(dup_weight)
+        self.dup_iou = float(dup_iou)
 
     # ---- input checks
 
@@ -256,7 +271,21 @@ class DFineCriterion(nn.Module):
 
     # ---- per-term pieces
 
-    def _classification(self, layer, targets, indices, num_boxes, num_classes) -> dict[str, Tensor]:
+    def _duplicate_scale(self, layer, targets, positive: Tensor) -> Tensor:
+        """[B, Q, K]: dup_weight where query q is unmatched in class k yet its box overlaps a
+        class-k target at IoU >= dup_iou, 1 elsewhere."""
+        boxes = layer["pred_boxes"]
+        duplicate = torch.zeros(positive.shape, dtype=positive.dtype, device=positive.device)
+        for i, t in enumerate(targets):
+            if len(t["labels"]) == 0:
+                continue
+            overlaps = (box_iou(cxcywh_to_xyxy(boxes[i]), cxcywh_to_xyxy(t["boxes"].to(boxes))) >= self.dup_iou).float()
+            per_class = torch.zeros(positive.shape[1:], dtype=overlaps.dtype, device=overlaps.device)
+            duplicate[i] = per_class.index_add_(1, t["labels"].long().to(overlaps.device), overlaps) > 0
+        duplicate &= ~positive
+        return torch.where(duplicate, torch.full_like(boxes[..., :1], self.dup_weight), torch.ones_like(boxes[..., :1]))
+
+    def _classification(self, layer, targets, indices, num_boxes, num_classes, duplicates=False) -> dict[str, Tensor]:
         logits = layer["pred_logits"]
         idx = _flat_index(indices)
         labels = _gather(targets, indices, "labels").long()
@@ -274,10 +303,13 @@ class DFineCriterion(nn.Module):
                 matched[idx] = True
                 smoothed = class_target * (1 - self.label_smoothing) + self.label_smoothing / num_classes
                 class_target = torch.where(matched.unsqueeze(-1), smoothed, class_target)
+            negative_scale = self._duplicate_scale(layer, targets, positive) if duplicates and self.dup_weight != 1 else None
         if self.use_mal:
-            loss = matchability_aware_loss(logits, class_target, positive, quality, positive_weight, self.mal_gamma, num_boxes)
+            loss = matchability_aware_loss(logits, class_target, positive, quality, positive_weight, self.mal_gamma,
+                                           num_boxes, negative_scale)
             return {"mal": loss}
-        loss = varifocal_loss(logits, class_target, positive, quality, positive_weight, self.alpha, self.gamma, num_boxes)
+        loss = varifocal_loss(logits, class_target, positive, quality, positive_weight, self.alpha, self.gamma,
+                              num_boxes, negative_scale)
         return {"vfl": loss}
 
     @staticmethod
@@ -334,10 +366,12 @@ class DFineCriterion(nn.Module):
         target_xyxy = cxcywh_to_xyxy(_gather(targets, indices, "boxes").to(layer["pred_boxes"]))
         return bbox2distance(layer["ref_points"][idx].detach(), target_xyxy, bins, reg_scale)
 
-    def _layer_terms(self, layer, targets, cls_indices, n_cls, box_indices, n_box, fgl, ddf_balance, classes):
-        """Unweighted terms of one layer: classification on its own matching, boxes and local
-        terms on ``box_indices`` (local only for layers that predict edge distributions)."""
-        terms = self._classification(layer, targets, cls_indices, n_cls, classes or self.num_classes)
+    def _layer_terms(self, layer, targets, cls_indices, n_cls, box_indices, n_box, fgl, ddf_balance, classes,
+                     duplicates=False):
+        """Unweighted terms of one layer: classification on its own matching (with the duplicate
+        weighting when ``duplicates``), boxes and local terms on ``box_indices`` (local only for
+        layers that predict edge distributions)."""
+        terms = self._classification(layer, targets, cls_indices, n_cls, classes or self.num_classes, duplicates)
         terms.update(self._boxes(layer, targets, box_indices, n_box))
         if fgl is not None and "pred_corners" in layer:
             terms.update(self._local(layer, targets, box_indices, n_box, fgl, ddf_balance))
@@ -350,7 +384,7 @@ class DFineCriterion(nn.Module):
         with torch.autocast(device_type=device.type, enabled=False):
             return self._forward(outputs, targets)
 
-    def _forward(self, outputs: dict, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def _forward(self, outputs: dict, targets: list[dict[str, Tensor]], one_to_one: bool = True) -> dict[str, Tensor]:
         main = _float32(outputs)
         batch, device = main["pred_logits"].shape[0], main["pred_logits"].device
         self._check_targets(targets, batch)
@@ -397,16 +431,18 @@ class DFineCriterion(nn.Module):
         else:
             bins, fgl_main, ddf_balance = None, None, None
 
-        def add(layer, suffix, cls_indices, n_cls, box_indices, n_box, fgl=None, layer_targets=targets, classes=None):
-            terms = self._layer_terms(layer, layer_targets, cls_indices, n_cls, box_indices, n_box, fgl, ddf_balance, classes)
+        def add(layer, suffix, cls_indices, n_cls, box_indices, n_box, fgl=None, layer_targets=targets, classes=None,
+                duplicates=False):
+            terms = self._layer_terms(layer, layer_targets, cls_indices, n_cls, box_indices, n_box, fgl, ddf_balance,
+                                      classes, duplicates)
             losses.update({f"loss_{name}{suffix}": value * self.weights[name] for name, value in terms.items()})
 
         losses: dict[str, Tensor] = {}
-        add(main, "", indices, num_boxes, union, num_union, fgl_main)
+        add(main, "", indices, num_boxes, union, num_union, fgl_main, duplicates=one_to_one)
         for i, (layer, layer_indices) in enumerate(zip(aux, aux_indices)):
-            add(layer, f"_aux_{i}", layer_indices, num_boxes, union, num_union, fgl_main)
+            add(layer, f"_aux_{i}", layer_indices, num_boxes, union, num_union, fgl_main, duplicates=one_to_one)
         if pre is not None:
-            add(pre, "_pre", pre_indices, num_boxes, union, num_union)
+            add(pre, "_pre", pre_indices, num_boxes, union, num_union, duplicates=one_to_one)
 
         for i, (layer, layer_indices) in enumerate(zip(enc, enc_indices)):
             add(layer, f"_enc_{i}", layer_indices, num_boxes, union, num_union,
@@ -434,6 +470,7 @@ class DFineCriterion(nn.Module):
             losses.update({f"loss_{name}_enc_o2m": value * self.weights[name] * self.enc_o2m_weight
                            for name, value in terms.items()})
         if self.o2m_repeats and "o2m_outputs" in outputs:
-            for name, value in self._forward(outputs["o2m_outputs"], repeat_targets(targets, self.o2m_repeats)).items():
+            o2m_terms = self._forward(outputs["o2m_outputs"], repeat_targets(targets, self.o2m_repeats), one_to_one=False)
+            for name, value in o2m_terms.items():
                 losses[_o2m_name(name)] = value * self.o2m_weight
         return losses

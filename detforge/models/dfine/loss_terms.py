@@ -29,28 +29,31 @@ def _sum_per_box(loss: Tensor, num_boxes: float) -> Tensor:
 
 def varifocal_loss(
     logits: Tensor, class_target: Tensor, positive: Tensor, quality: Tensor, positive_weight: Tensor,
-    alpha: float, gamma: float, num_boxes: float,
+    alpha: float, gamma: float, num_boxes: float, negative_scale: Tensor | None = None,
 ) -> Tensor:
     """VFL. ``logits`` [B, Q, K]; ``class_target`` [B, Q, K] one-hot (maybe smoothed) on matched
     queries, 0 elsewhere; ``positive`` [B, Q, K] bool, the hard one-hot; ``quality`` [B, Q] IoU
-    of the match (0 if unmatched); ``positive_weight`` [B, Q] per-box weight (1 if none).
+    of the match (0 if unmatched); ``positive_weight`` [B, Q] per-box weight (1 if none);
+    ``negative_scale`` [B, Q, K] (optional) multiplies the negatives' weights.
     Positives: target q, weight q. Negatives: target 0, weight alpha * p**gamma."""
     target = quality.unsqueeze(-1) * class_target
     prob = logits.detach().sigmoid()
-    weight = torch.where(positive, target * positive_weight.unsqueeze(-1), alpha * prob.pow(gamma))
+    negative = alpha * prob.pow(gamma) * (1 if negative_scale is None else negative_scale)
+    weight = torch.where(positive, target * positive_weight.unsqueeze(-1), negative)
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
     return _sum_per_box(loss, num_boxes)
 
 
 def matchability_aware_loss(
     logits: Tensor, class_target: Tensor, positive: Tensor, quality: Tensor, positive_weight: Tensor,
-    gamma: float, num_boxes: float,
+    gamma: float, num_boxes: float, negative_scale: Tensor | None = None,
 ) -> Tensor:
     """MAL (DEIM). Arguments as in varifocal_loss. Positives: target q**gamma, weight 1.
     Negatives: target 0, weight p**gamma."""
     target = quality.pow(gamma).unsqueeze(-1) * class_target
     prob = logits.detach().sigmoid()
-    weight = torch.where(positive, positive_weight.unsqueeze(-1).expand_as(logits), prob.pow(gamma))
+    negative = prob.pow(gamma) * (1 if negative_scale is None else negative_scale)
+    weight = torch.where(positive, positive_weight.unsqueeze(-1).expand_as(logits), negative)
     loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="none")
     return _sum_per_box(loss, num_boxes)
 
