@@ -111,6 +111,11 @@ MAL's exponent"): ``cls_weight=2`` ended at 0.096 ± 0.037 / 0.184 on the synthe
 -0.011), so the classification weight stays 1. ``mal_gamma=1.0``, taken to three seeds on both
 proxies and BCCD, is now the recipe's (the list above); VFL (``mal=false``) ended at 0.096 on
 seed 0 and 0.038 on seed 1 of the synthetic set and was dropped.
+Over exponent 1.0, BCCD-WBC's remaining mAP50 gap to YOLO11n (0.994 against 0.999) is second
+boxes on already-found cells, which NMS removes after a CNN detector ("where mAP50 is lost").
+``dup_weight=4`` (four times the push-down on such duplicates, training only) did not close it
+(3 seeds, paired: 0.995 ± 0.005 mAP50, +0.003, -0.001, +0.001; mAP50-95 0.768 against 0.769;
+last-5 swing 0.018 against 0.008; "a heavier push-down on duplicates"), so it stays off.
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
