@@ -120,6 +120,12 @@ last-5 swing 0.018 against 0.008; "a heavier push-down on duplicates"), so it st
 0.028), ended lower on BCCD-WBC (0.760 ± 0.008 against 0.769, paired -0.013, -0.021, +0.008;
 swing 0.017 against 0.008) and on BCCD seed 0 (0.474 against 0.493), so mosaic stays 0.5
 ("mosaic on every image over MAL's exponent 1.0").
+Over exponent 1.0, ``cls_weight=2`` held on both sparse proxies (3 seeds each; "twice the
+classification weight over MAL's exponent 1.0"): BCCD-WBC 0.769 ± 0.004 / 0.999 ± 0.002 against
+0.769 / 0.994 (paired mAP50-95 -0.002, -0.003, +0.003; duplicates 6, 2, 0 against 6, 12, 7), the
+synthetic set 0.109 ± 0.013 / 0.244 against 0.105 / 0.227 with a last-5 swing of 0.017 against
+0.028; epoch-8 mAP50 there stays low (0.074). It is not the recipe's weight yet: BCCD, where the
+lead has to hold, has not been trained with it.
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
