@@ -124,8 +124,9 @@ Over exponent 1.0, ``cls_weight=2`` held on both sparse proxies (3 seeds each; "
 classification weight over MAL's exponent 1.0"): BCCD-WBC 0.769 ± 0.004 / 0.999 ± 0.002 against
 0.769 / 0.994 (paired mAP50-95 -0.002, -0.003, +0.003; duplicates 6, 2, 0 against 6, 12, 7), the
 synthetic set 0.109 ± 0.013 / 0.244 against 0.105 / 0.227 with a last-5 swing of 0.017 against
-0.028; epoch-8 mAP50 there stays low (0.074). It is not the recipe's weight yet: BCCD, where the
-lead has to hold, has not been trained with it.
+0.028; epoch-8 mAP50 there stays low (0.074). On BCCD seed 0 it ended at 0.481 / 0.791 against
+0.493 / 0.779: above the 0.43 the lead asks, 0.012 lower on mAP50-95. It is not the recipe's
+weight yet: two more BCCD seeds have to say whether that loss is more than seed noise.
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
