@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from detforge.config import build_config
 from detforge.models.dfine import DFine, official_recipe
-from detforge.models.dfine.recipe import no_aug_epochs, small_data_recipe
+from detforge.models.dfine.recipe import (SPARSE_CLS_WEIGHT, no_aug_epochs, objects_per_image, small_data_recipe,
+                                          sparse_cls_weight)
+from detforge.records import Sample
 
 SIZES = ("n", "s", "m", "l", "x")
 
@@ -67,3 +70,50 @@ def test_model_recipe_and_mal_default():
     with torch.device("meta"):
         vfl = DFine("n", num_classes=3, loss_options={"use_mal": False, "label_smoothing": 0.1})
     assert vfl.criterion().use_mal is False and vfl.criterion().label_smoothing == 0.1
+
+
+def _samples(counts: list[int]) -> list[Sample]:
+    """Images of 100x100 px with the given numbers of 10x10 boxes (0 = background image)."""
+    return [Sample(f"im{i}.jpg", np.array([[10 * j, 0, 10 * j + 10, 10] for j in range(n)], np.float32).reshape(-1, 4),
+                   np.zeros(n, np.int64), 100, 100) for i, n in enumerate(counts)]
+
+
+def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
+    # 1 + 2 + 0 + 3 objects over 4 images (the background image counts: it has no positives)
+    assert objects_per_image(_samples([1, 2, 0, 3])) == pytest.approx(1.5)
+    assert SPARSE_CLS_WEIGHT == 2.0
+    assert sparse_cls_weight(1.0) == 2.0 and sparse_cls_weight(2.0) == 2.0  # BCCD-WBC 1.0, synthetic-sparse ~1.3
+    assert sparse_cls_weight(2.01) is None and sparse_cls_weight(13.0) is None  # BCCD ~13: the criterion's 1
+    assert sparse_cls_weight(1.0, from_pretrained=True) is None  # official weights were trained at 1
+    with pytest.raises(ValueError, match="no training images"):
+        objects_per_image([])
+
+
+@pytest.mark.parametrize("objects, extra, weight", [
+    ((1, 2), {}, 2.0),  # sparse, from scratch: doubled
+    ((1, 2), {"cls_weight": 1.0}, 1.0),  # the user's weight stands
+    ((1, 2), {"cls_weight": 3.0}, 3.0),
+    ((4, 6), {}, 1.0),  # 4-6 objects per image: not sparse
+])
+def test_trainer_sets_the_sparse_weight_in_the_criterion_and_the_checkpoint_options(tmp_path, objects, extra, weight):
+    from detforge.data.synthetic import ensure_synthetic
+    from detforge.engine.trainer import Trainer
+
+    root = ensure_synthetic(tmp_path / "data", n_train=12, n_val=4, size=96, objects=objects)
+    cfg = build_config({"model": "dfine-n", "data": str(root), "project": str(tmp_path / "runs"), "imgsz": 96,
+                        "batch": 4, "epochs": 1, "workers": 0, "device": "cpu", "logger": "none", "plots": False,
+                        **extra})
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer.log.close()
+    per_image = objects_per_image(trainer.train_set.samples)
+    assert (per_image <= 2.0) == (objects == (1, 2))
+    assert trainer.model.criterion().weights["mal"] == weight
+    assert trainer.model.criterion().weights["vfl"] == weight
+    assert trainer.model.criterion().weights["bbox"] == 5.0  # the box terms keep theirs
+    # a checkpoint's reader rebuilds the model with the weight it was trained with
+    recorded = trainer.model_options["loss_options"].get("weights", {}).get("mal", 1.0)
+    assert recorded == weight
+    # the run's own log says when the data chose it
+    chosen = "model settings from the training data (dfine-n)" in (trainer.save_dir / "train.log").read_text()
+    assert chosen == (objects == (1, 2) and not extra)

@@ -100,6 +100,7 @@ class Trainer:
         self.bad_steps_total = 0
         self.history: list[dict[str, Any]] = []
         self._file_log = None
+        self._prepared: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -196,12 +197,15 @@ class Trainer:
             (path / "weights").mkdir(parents=True, exist_ok=True)
             (path / "plots").mkdir(parents=True, exist_ok=True)
             self._file_log = add_file_log(path / "train.log")
+            if self._prepared:  # said on the console before the run folder existed; kept in its log too
+                LOG.info("model settings from the training data (%s): %s", self.cfg.model, self._prepared)
         dist_utils.barrier()
         return path
 
     def _build_model(self, train_samples) -> torch.nn.Module:
         cfg = self.cfg
         self.model_options: dict[str, Any] = {}  # what a checkpoint reader rebuilds the model with
+        self._prepared = {}  # the part of those the family's prepare() chose from the data
         spec_of_run = None  # a model object handed in has no spec to check the keys against
         if self._model_in is not None:
             model = self._model_in
@@ -216,8 +220,8 @@ class Trainer:
         else:
             spec = spec_of_run = get_spec(cfg.model)
             # data-dependent options (e.g. anchors fitted to the training boxes) over the config's
-            prepared = spec.prepare(cfg, train_samples) if spec.prepare is not None else {}
-            self.model_options = {**spec.options(cfg), **prepared}
+            self._prepared = spec.prepare(cfg, train_samples) if spec.prepare is not None else {}
+            self.model_options = {**spec.options(cfg), **self._prepared}
             model = build_with_weights(cfg.model, len(self.names), cfg.pretrained, **self.model_options)
         self.model_name = getattr(model, "model_name", cfg.model)
         ignored = [] if spec_of_run is None or spec_of_run.detr else detr_keys_set(cfg)

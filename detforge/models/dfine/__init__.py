@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from detforge.models.dfine.model import DFine
-from detforge.models.dfine.recipe import small_data_recipe
+from detforge.models.dfine.recipe import (SPARSE_OBJECTS_PER_IMAGE, objects_per_image, small_data_recipe,
+                                          sparse_cls_weight)
 from detforge.models.dfine.sizes import SIZES, official_recipe
 from detforge.models.dfine.weights import load_official
 from detforge.models.zoo import ModelSpec, register
+
+LOG = logging.getLogger("detforge")
 
 _BACKBONES = {"n": "HGNetv2-B0, 2 levels", "s": "HGNetv2-B0", "m": "HGNetv2-B2", "l": "HGNetv2-B4", "x": "HGNetv2-B5"}
 
@@ -39,6 +43,22 @@ def _options(cfg) -> dict:
     return options
 
 
+def _prepare(cfg, train_samples) -> dict:
+    """Twice the classification weight from scratch on sparse-object training sets (recipe.py,
+    "Sparse objects"), unless the config sets ``cls_weight`` itself."""
+    if getattr(cfg, "cls_weight", None) is not None:
+        return {}
+    per_image = objects_per_image(train_samples)
+    weight = sparse_cls_weight(per_image, from_pretrained=bool(getattr(cfg, "pretrained", None)))
+    if weight is None:
+        return {}
+    LOG.info("D-FINE: %.2f objects per training image (at most %g): classification weight %g from scratch "
+             "(cls_weight=1 keeps 1)", per_image, SPARSE_OBJECTS_PER_IMAGE, weight)
+    loss = dict(_options(cfg)["loss_options"])
+    loss["weights"] = {"vfl": weight, "mal": weight}
+    return {"loss_options": loss}
+
+
 def _recipe(size: str):
     def recipe(epochs: int, pretrained: bool = False) -> dict:
         return small_data_recipe(size, epochs=epochs, from_pretrained=pretrained)
@@ -56,6 +76,7 @@ for _size in SIZES:
         description=f"D-FINE-{_size.upper()} ({_BACKBONES[_size]}); NMS-free real-time DETR",
         defaults=_recipe(_size),
         options=_options,
+        prepare=_prepare,
         detr=True,
     ))
 
