@@ -100,7 +100,7 @@ class Trainer:
         self.bad_steps_total = 0
         self.history: list[dict[str, Any]] = []
         self._file_log = None
-        self._prepared: dict[str, Any] = {}
+        self._prepared: dict[str, Any] = {}  # model options the family's prepare() chose from the data
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
@@ -205,7 +205,6 @@ class Trainer:
     def _build_model(self, train_samples) -> torch.nn.Module:
         cfg = self.cfg
         self.model_options: dict[str, Any] = {}  # what a checkpoint reader rebuilds the model with
-        self._prepared = {}  # the part of those the family's prepare() chose from the data
         spec_of_run = None  # a model object handed in has no spec to check the keys against
         if self._model_in is not None:
             model = self._model_in

@@ -18,16 +18,19 @@ _BACKBONES = {"n": "HGNetv2-B0, 2 levels", "s": "HGNetv2-B0", "m": "HGNetv2-B2",
 
 
 
-def _options(cfg) -> dict:
-    """Loss settings from the config, in the form DFine's constructor takes."""
+def _options(cfg, default_cls_weight: float | None = None) -> dict:
+    """Loss settings from the config, in the form DFine's constructor takes; the config's
+    ``cls_weight`` wins over ``default_cls_weight`` (one chosen from the data)."""
     loss = {"label_smoothing": float(cfg.label_smoothing)}
     if getattr(cfg, "mal", None) is not None:
         loss["use_mal"] = bool(cfg.mal)
     if getattr(cfg, "mal_gamma", None) is not None:
         loss["mal_gamma"] = float(cfg.mal_gamma)
-    if getattr(cfg, "cls_weight", None) is not None:
+    cls_weight = getattr(cfg, "cls_weight", None)
+    cls_weight = default_cls_weight if cls_weight is None else cls_weight
+    if cls_weight is not None:
         # one weight for whichever classification term the criterion uses
-        loss["weights"] = {"vfl": float(cfg.cls_weight), "mal": float(cfg.cls_weight)}
+        loss["weights"] = {"vfl": float(cls_weight), "mal": float(cls_weight)}
     if getattr(cfg, "dup_weight", 1.0) != 1.0:
         loss["dup_weight"] = float(cfg.dup_weight)
     options = {"loss_options": loss}
@@ -54,9 +57,7 @@ def _prepare(cfg, train_samples) -> dict:
         return {}
     LOG.info("D-FINE: %.2f objects per training image (at most %g): classification weight %g from scratch "
              "(cls_weight=1 keeps 1)", per_image, SPARSE_OBJECTS_PER_IMAGE, weight)
-    loss = dict(_options(cfg)["loss_options"])
-    loss["weights"] = {"vfl": weight, "mal": weight}
-    return {"loss_options": loss}
+    return {"loss_options": _options(cfg, default_cls_weight=weight)["loss_options"]}
 
 
 def _recipe(size: str):
