@@ -428,3 +428,47 @@ def test_duplicate_weight_by_hand():
     vfl = DFineCriterion(num_classes=2, dup_weight=3.0)(outputs, targets)["loss_vfl"].item()
     vfl_plain = DFineCriterion(num_classes=2)(outputs, targets)["loss_vfl"].item()
     assert vfl - vfl_plain == pytest.approx(2 * 0.75 * p[1][0] ** 2 * bce(p[1][0], 0), rel=1e-5)
+
+
+def test_class_cross_entropy_by_hand():
+    """``class_ce=w``: w times a softmax cross-entropy over the classes of the matched query,
+    per box weight, over num_boxes; the MAL term is untouched and a 1-class criterion has none."""
+    from detforge.config import build_config
+    from detforge.models.dfine import DFine
+    from detforge.models.dfine.loss_terms import class_cross_entropy
+    from detforge.models.zoo import get_spec
+
+    # two matched queries: logits (2, 0, -1) of class 0 and (0, 1, 0) of class 2; weights 1 and 0.5
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    ce0 = -math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-1)))  # 0.1698
+    ce1 = -math.log(1 / (2 + math.e))  # 1.5514
+    got = class_cross_entropy(logits, torch.tensor([0, 2]), torch.tensor([1.0, 0.5]), 2.0)
+    assert got.item() == pytest.approx((ce0 + 0.5 * ce1) / 2, rel=1e-6)
+    assert class_cross_entropy(logits[:0], torch.tensor([], dtype=torch.long), torch.ones(0), 1.0).item() == 0.0
+
+    outputs, targets = one_query_case([2.0, 0.0, -1.0], PRED, TARGET)
+    options = get_spec("dfine-n").options(build_config({"model": "dfine-n", "class_ce": 1.5, "cls_weight": 2.0}))
+    assert options["loss_options"]["class_ce"] == 1.5
+    losses = DFine("n", 3, **options).criterion()(outputs, targets)
+    assert losses["loss_ce"].item() == pytest.approx(1.5 * ce0, rel=1e-5)
+    plain = DFineCriterion(num_classes=3, use_mal=True, weights={"mal": 2.0})(outputs, targets)
+    assert "loss_ce" not in plain
+    assert losses["loss_mal"].item() == pytest.approx(plain["loss_mal"].item(), rel=1e-6)
+    # one class: the cross-entropy is 0 whatever the logit, so the term is left out
+    outputs, targets = one_query_case([2.0], PRED, TARGET)
+    assert "loss_ce" not in DFineCriterion(num_classes=1, use_mal=True, class_ce=1.0)(outputs, targets)
+    with pytest.raises(ValueError, match="class_ce must be >= 0"):
+        DFineCriterion(num_classes=3, class_ce=-1.0)
+
+
+def test_class_cross_entropy_on_every_classified_layer():
+    """Every layer with a class term gets its ce term (decoder, auxiliary, first-layer head,
+    encoder and denoising), except class-agnostic proposals."""
+    outputs, targets = make_outputs([3, 5])
+    losses = DFineCriterion(num_classes=3, class_ce=1.0)(outputs, targets)
+    ce_keys = {k for k in losses if k.startswith("loss_ce")}
+    assert ce_keys == {k.replace("loss_vfl", "loss_ce") for k in expected_keys() if k.startswith("loss_vfl")}
+    assert set(losses) - ce_keys == expected_keys()
+    assert all(losses[k] > 0 for k in ce_keys)
+    outputs, targets = make_outputs([3, 5], agnostic=True)
+    assert "loss_ce_enc_0" not in DFineCriterion(num_classes=3, class_ce=1.0)(outputs, targets)

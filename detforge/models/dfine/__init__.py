@@ -33,6 +33,8 @@ def _options(cfg, default_cls_weight: float | None = None) -> dict:
         loss["weights"] = {"vfl": float(cls_weight), "mal": float(cls_weight)}
     if getattr(cfg, "dup_weight", 1.0) != 1.0:
         loss["dup_weight"] = float(cfg.dup_weight)
+    if getattr(cfg, "class_ce", 0.0):
+        loss["class_ce"] = float(cfg.class_ce)
     options = {"loss_options": loss}
     if getattr(cfg, "o2m", 0):
         options.update(o2m=int(cfg.o2m), o2m_queries=cfg.o2m_queries)

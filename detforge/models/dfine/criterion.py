@@ -35,6 +35,14 @@ other cell is a negative, where the official encoder loss sees only the selected
 positive per object. The classification and L1 / GIoU terms are named ``loss_<term>_enc_o2m``,
 normalised by k * num_boxes and scaled by ``enc_o2m_weight``.
 
+With ``class_ce`` = w > 0, every layer whose classification term has more than one class also
+gets w times a softmax cross-entropy over the classes of its matched queries (weighted per box
+like the positives, normalised like its classification term). MAL and VFL score each class as a
+separate yes/no, and a matched query's wrong classes are pushed down only in proportion to how
+high they already score, so early in a run a found object's class is learned slowly; the
+cross-entropy asks directly which class it is, on the matched queries only, and leaves the
+background queries to MAL / VFL. It is training-only: the model and its outputs are unchanged.
+
 With ``dup_weight`` = w != 1, an unmatched decoder query whose box overlaps a target at IoU >=
 ``dup_iou`` (0.5) gets w times its negative weight in that target's class: such a query is a
 duplicate, a false positive at mAP50 that a DETR must learn to score down through its
@@ -60,6 +68,7 @@ from detforge.models.dfine.box_ops import bbox2distance, cxcywh_to_xyxy, paired_
 from detforge.models.dfine.fdr import weighting_function
 from detforge.models.dfine.loss_terms import (
     box_regression_losses,
+    class_cross_entropy,
     decoupled_distillation_loss,
     fine_grained_localization_loss,
     matchability_aware_loss,
@@ -195,6 +204,7 @@ class DFineCriterion(nn.Module):
         enc_o2m_weight: float = 1.0,
         dup_weight: float = 1.0,
         dup_iou: float = 0.5,
+        class_ce: float = 0.0,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -228,6 +238,10 @@ class DFineCriterion(nn.Module):
             raise ValueError(f"DFineCriterion: dup_weight must be >= 0 and dup_iou in (0, 1], got {dup_weight}, {dup_iou}")
         self.dup_weight = float(dup_weight)
         self.dup_iou = float(dup_iou)
+        if class_ce < 0:
+            raise ValueError(f"DFineCriterion: class_ce must be >= 0, got {class_ce}")
+        # the naming term's weight; it is not an official term, so it lives outside DEFAULT_WEIGHTS
+        self.weights["ce"] = float(class_ce)
 
     # ---- input checks
 
@@ -305,12 +319,14 @@ class DFineCriterion(nn.Module):
                 class_target = torch.where(matched.unsqueeze(-1), smoothed, class_target)
             negative_scale = self._duplicate_scale(layer, targets, positive) if duplicates and self.dup_weight != 1 else None
         if self.use_mal:
-            loss = matchability_aware_loss(logits, class_target, positive, quality, positive_weight, self.mal_gamma,
-                                           num_boxes, negative_scale)
-            return {"mal": loss}
-        loss = varifocal_loss(logits, class_target, positive, quality, positive_weight, self.alpha, self.gamma,
-                              num_boxes, negative_scale)
-        return {"vfl": loss}
+            terms = {"mal": matchability_aware_loss(logits, class_target, positive, quality, positive_weight,
+                                                    self.mal_gamma, num_boxes, negative_scale)}
+        else:
+            terms = {"vfl": varifocal_loss(logits, class_target, positive, quality, positive_weight, self.alpha,
+                                           self.gamma, num_boxes, negative_scale)}
+        if self.weights["ce"] > 0 and num_classes > 1:
+            terms["ce"] = class_cross_entropy(logits[idx], labels, positive_weight[idx], num_boxes)
+        return terms
 
     @staticmethod
     def _box_weights(targets, indices, like: Tensor) -> Tensor:

@@ -58,6 +58,15 @@ def matchability_aware_loss(
     return _sum_per_box(loss, num_boxes)
 
 
+def class_cross_entropy(matched_logits: Tensor, labels: Tensor, box_weight: Tensor, num_boxes: float) -> Tensor:
+    """Softmax cross-entropy over the classes of matched queries: ``matched_logits`` [M, K],
+    ``labels`` [M] int, ``box_weight`` [M]; summed and divided by num_boxes (0 when M is 0)."""
+    if matched_logits.shape[0] == 0:
+        return matched_logits.sum() * 0
+    ce = F.cross_entropy(matched_logits, labels.long(), reduction="none")
+    return (ce * box_weight).sum() / num_boxes
+
+
 def box_regression_losses(
     pred_boxes: Tensor, target_boxes: Tensor, box_weight: Tensor, num_boxes: float
 ) -> tuple[Tensor, Tensor]:
