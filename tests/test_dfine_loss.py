@@ -81,6 +81,30 @@ def test_matcher_empty_images_and_topk():
     assert result["indices_o2m"][0][0].numel() == 0
 
 
+def test_matcher_batch_wide_costs_equal_per_image_costs(monkeypatch):
+    """The GPU path (one matrix over the batch's targets, each image keeping its own columns)
+    gives each image the matrix and the assignment the per-image path gives."""
+    g = torch.Generator().manual_seed(0)
+    counts = [2, 0, 5, 1]
+    targets = [{"labels": torch.randint(0, 3, (n,), generator=g), "boxes": torch.rand(n, 4, generator=g) * 0.4 + 0.1}
+               for n in counts]
+    outputs = {"pred_logits": torch.randn(4, 30, 3, generator=g), "pred_boxes": torch.rand(4, 30, 4, generator=g) * 0.5 + 0.1}
+    m = HungarianMatcher()
+    per_image = m._per_image_costs(outputs["pred_logits"], outputs["pred_boxes"], targets)
+    batched = m._batched_costs(outputs["pred_logits"], outputs["pred_boxes"], targets)
+    assert [c.shape for c in batched] == [(30, n) for n in counts]
+    for a, b in zip(per_image, batched):
+        assert abs(a - b).max(initial=0) < 1e-5
+    expected = m(outputs, targets, return_topk=2)
+    monkeypatch.setattr(HungarianMatcher, "_batched", staticmethod(lambda logits: True))
+    got = m(outputs, targets, return_topk=2)
+    for key in ("indices", "indices_o2m"):
+        for (r1, c1), (r2, c2) in zip(expected[key], got[key]):
+            assert r1.tolist() == r2.tolist() and c1.tolist() == c2.tolist()
+    empty = [{"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}] * 4
+    assert [len(r) for r, _ in m(outputs, empty)["indices"]] == [0, 0, 0, 0]
+
+
 def test_matcher_survives_nan_predictions():
     targets = [{"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
     boxes = torch.tensor([[[float("nan")] * 4, [0.5, 0.5, 0.2, 0.2]]])

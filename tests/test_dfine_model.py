@@ -263,6 +263,27 @@ def test_deploy_keeps_eval_outputs():
         model.train()(images)
 
 
+def test_model_cast_as_a_whole_runs_in_its_own_dtype():
+    """FP16 inference and ONNX FP16 export cast the whole model (.half()); the encoder's anchors,
+    made in float32, must follow it, or float32 boxes meet half-precision layers (bfloat16 here:
+    the same dtype mix, and it runs on a CPU)."""
+    torch.manual_seed(0)
+    model = DFine("n", num_classes=3)
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.02)
+    model.eval().deploy()
+    images = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        full = model.export_forward(images, 20)
+        low = model.to(torch.bfloat16).export_forward(images.to(torch.bfloat16), 20)
+    assert low[0].dtype == low[1].dtype == torch.bfloat16
+    assert low[0].shape == full[0].shape and low[1].shape == full[1].shape
+    # same ranking up to bfloat16 rounding: the best scores agree to its ~3 significant digits
+    assert (low[1].float()[:, :5] - full[1][:, :5]).abs().max() < 0.01
+
+
 # ---- official checkpoints
 
 

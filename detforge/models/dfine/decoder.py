@@ -153,8 +153,11 @@ class DFineDecoder(nn.Module):
 
     def _encoder_cells(self, memory: Tensor, shapes: list[tuple[int, int]]) -> tuple[Tensor, Tensor, Tensor]:
         """Every encoder cell's anchor (logit form), projected memory and class logits."""
-        # anchors stay float32 (their logits reach +-4.6 and +inf), whatever the autocast dtype
+        # anchors are made in float32 (their logits reach +-4.6 and +inf) and stay so under
+        # autocast; a model cast as a whole (.half() for FP16 inference or export) takes them in
+        # its own dtype, else float32 boxes would meet its half-precision layers
         anchors, valid = make_anchors(shapes, memory.device)
+        anchors = anchors.to(self.enc_score_head.weight.dtype)
         enc_memory = self.enc_output(valid.to(memory.dtype) * memory)
         return anchors, enc_memory, self.enc_score_head(enc_memory)
 

@@ -148,8 +148,11 @@ def sincos_position_embedding(h: int, w: int, dim: int, temperature: float = 100
         raise ValueError(f"position embedding: dim must be divisible by 4, got {dim}")
     quarter = dim // 4
     freqs = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32, device=device) / quarter)
-    xs = torch.arange(w, dtype=torch.float32, device=device).repeat_interleave(h)
-    ys = torch.arange(h, dtype=torch.float32, device=device).repeat(w)
+    # a meshgrid, not repeat_interleave(h): traced for ONNX on a GPU, h becomes a CPU tensor
+    # that repeat_interleave uses as an index into a CUDA tensor, and the export fails
+    grid_x, grid_y = torch.meshgrid(torch.arange(w, dtype=torch.float32, device=device),
+                                    torch.arange(h, dtype=torch.float32, device=device), indexing="ij")
+    xs, ys = grid_x.reshape(-1), grid_y.reshape(-1)
     ax = xs[:, None] * freqs[None]
     ay = ys[:, None] * freqs[None]
     return torch.cat([ax.sin(), ax.cos(), ay.sin(), ay.cos()], dim=1)[None]
