@@ -80,7 +80,6 @@ class HungarianMatcher:
             result["indices_o2m"] = [_top_k_assign(c, int(return_topk), first) for c, first in zip(costs, indices)]
         return result
 
-
     @staticmethod
     def _batched(logits: Tensor) -> bool:
         # On a GPU the per-image matrices cost a few hundred kernel launches per image and layer,
@@ -90,34 +89,32 @@ class HungarianMatcher:
         return logits.device.type != "cpu" and logits.shape[0] > 1
 
     def _per_image_costs(self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]) -> list[np.ndarray]:
-        per_image = [self.cost_matrix(logits[i], boxes[i], t["labels"], t["boxes"]) for i, t in enumerate(targets)]
-        # one device-to-host copy for the whole batch
-        flat = torch.cat([c.reshape(-1) for c in per_image]).cpu().numpy() if per_image else np.zeros(0)
-        costs, offset = [], 0
-        for c in per_image:
-            costs.append(flat[offset : offset + c.numel()].reshape(c.shape))
-            offset += c.numel()
-        return costs
+        return _to_host([self.cost_matrix(logits[i], boxes[i], t["labels"], t["boxes"]) for i, t in enumerate(targets)])
 
     def _batched_costs(self, logits: Tensor, boxes: Tensor, targets: list[dict[str, Tensor]]) -> list[np.ndarray]:
-        """Every query of the batch against every target of the batch, copied to the host once;
-        each image keeps the columns of its own targets (the same numbers as its own matrix)."""
+        """Every query of the batch against every target of the batch; each image keeps the
+        columns of its own targets (the same numbers as its own matrix)."""
         b, q = logits.shape[:2]
         labels = torch.cat([t["labels"] for t in targets])
-        target_boxes = torch.cat([t["boxes"] for t in targets])
         if len(labels) == 0:
             return [np.zeros((q, 0), dtype=np.float32) for _ in targets]
+        target_boxes = torch.cat([t["boxes"] for t in targets])
         full = self.cost_matrix(logits.flatten(0, 1), boxes.flatten(0, 1), labels, target_boxes).reshape(b, q, -1)
         counts = [len(t["labels"]) for t in targets]
         starts = np.cumsum([0, *counts[:-1]])
-        # only each image's own block crosses to the host, in one copy
-        flat = torch.cat([full[i, :, s : s + n].reshape(-1) for i, (s, n) in enumerate(zip(starts, counts))])
-        flat = flat.cpu().numpy()
-        costs, offset = [], 0
-        for n in counts:
-            costs.append(flat[offset : offset + q * n].reshape(q, n))
-            offset += q * n
-        return costs
+        return _to_host([full[i, :, s : s + n] for i, (s, n) in enumerate(zip(starts, counts))])
+
+
+def _to_host(blocks: list[Tensor]) -> list[np.ndarray]:
+    """The per-image cost matrices as numpy arrays, in one device-to-host copy for the batch."""
+    if not blocks:
+        return []
+    flat = torch.cat([c.reshape(-1) for c in blocks]).cpu().numpy()
+    costs, offset = [], 0
+    for c in blocks:
+        costs.append(flat[offset : offset + c.numel()].reshape(c.shape))
+        offset += c.numel()
+    return costs
 
 
 def _assign(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
