@@ -143,8 +143,13 @@ over 3 CPU seeds), ended level (0.119 / 0.242 over 2 seeds; BCCD-WBC 0.766 again
 2) with a larger last-5 swing (0.026 against 0.017), so the 2-epoch warm-up stays
 ("no lr warm-up"). ``class_ce=1`` and ``=2`` (a softmax cross-entropy over the matched
 queries' classes) started later on one seed (epoch-8 mAP50 0.015 and 0.010 against 0.041).
-No warm-up with ``mosaic=1.0`` reached epoch-8 mAP50 0.105 (3 seeds; 0.074 without) but
-ended at 0.222 mAP50 against 0.240 (2 seeds), so neither change is in the recipe yet.
+No warm-up with ``mosaic=1.0`` held on both sparse proxies: synthetic (4 seeds) epoch-8 mAP50
+0.097 against 0.068, 0.111 / 0.241 at the end against 0.111 / 0.240 with a wider spread (paired
+-0.030 to +0.026), last-5 swing 0.012; BCCD-WBC (3 seeds) 0.766 / 1.000 against 0.769 / 0.999,
+epoch-8 mAP50 0.882 against 0.656.
+It is not in the recipe yet: both are trainer settings, fixed here before the training set is
+read, and BCCD, which is not sparse, loses with mosaic on every image (0.474 against 0.493,
+seed 0). No warm-up alone left BCCD seed 0 level (0.491 against 0.493).
 
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
