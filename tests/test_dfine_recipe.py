@@ -8,8 +8,9 @@ import torch
 
 from detforge.config import build_config
 from detforge.models.dfine import DFine, official_recipe
+from detforge.engine.resolve import resolve_train_config
 from detforge.models.dfine.recipe import (SPARSE_CLS_WEIGHT, no_aug_epochs, objects_per_image, small_data_recipe,
-                                          sparse_cls_weight)
+                                          sparse_cls_weight, sparse_data_defaults)
 from detforge.records import Sample
 
 SIZES = ("n", "s", "m", "l", "x")
@@ -85,35 +86,47 @@ def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
     assert sparse_cls_weight(1.0) == 2.0 and sparse_cls_weight(2.0) == 2.0  # BCCD-WBC 1.0, synthetic-sparse ~1.3
     assert sparse_cls_weight(2.01) is None and sparse_cls_weight(13.0) is None  # BCCD ~13: the criterion's 1
     assert sparse_cls_weight(1.0, from_pretrained=True) is None  # official weights were trained at 1
+    assert sparse_data_defaults(1.3) == {"cls_weight": 2.0, "warmup_epochs": 0.0, "mosaic": 1.0}
+    assert sparse_data_defaults(13.0) == {} and sparse_data_defaults(1.0, from_pretrained=True) == {}
     with pytest.raises(ValueError, match="no training images"):
         objects_per_image([])
 
 
-@pytest.mark.parametrize("objects, extra, weight", [
-    ((1, 2), {}, 2.0),  # sparse, from scratch: doubled
-    ((1, 2), {"cls_weight": 1.0}, 1.0),  # the user's weight stands
-    ((1, 2), {"cls_weight": 3.0}, 3.0),
-    ((4, 6), {}, 1.0),  # 4-6 objects per image: not sparse
+@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic", [
+    ((1, 2), {}, 2.0, 0.0, 1.0),  # sparse, from scratch: the sparse settings
+    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0),  # the user's weight stands, the rest from the data
+    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5}, 2.0, 2.0, 0.5),  # the user's trainer settings stand
+    ((4, 6), {}, 1.0, 2.0, 0.5),  # 4-6 objects per image: not sparse, the recipe stands
 ])
-def test_trainer_sets_the_sparse_weight_in_the_criterion_and_the_checkpoint_options(tmp_path, objects, extra, weight):
+def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_path, objects, extra, weight,
+                                                                          warmup, mosaic):
     from detforge.data.synthetic import ensure_synthetic
     from detforge.engine.trainer import Trainer
 
     root = ensure_synthetic(tmp_path / "data", n_train=12, n_val=4, size=96, objects=objects)
-    cfg = build_config({"model": "dfine-n", "data": str(root), "project": str(tmp_path / "runs"), "imgsz": 96,
-                        "batch": 4, "epochs": 1, "workers": 0, "device": "cpu", "logger": "none", "plots": False,
-                        **extra})
+    cfg = resolve_train_config({"model": "dfine-n", "data": str(root), "project": str(tmp_path / "runs"),
+                                "imgsz": 96, "batch": 4, "epochs": 10, "workers": 0, "device": "cpu",
+                                "logger": "none", "plots": False, **extra})
     trainer = Trainer(cfg)
     trainer.setup()
     trainer.log.close()
     per_image = objects_per_image(trainer.train_set.samples)
-    assert (per_image <= 2.0) == (objects == (1, 2))
+    sparse = objects == (1, 2)
+    assert (per_image <= 2.0) == sparse
     assert trainer.model.criterion().weights["mal"] == weight
     assert trainer.model.criterion().weights["vfl"] == weight
     assert trainer.model.criterion().weights["bbox"] == 5.0  # the box terms keep theirs
+    # the trainer runs with the chosen settings: the schedule, the data pipeline, the config
+    assert (trainer.cfg.warmup_epochs, trainer.cfg.mosaic) == (warmup, mosaic)
+    assert (trainer.schedule.warmup_iters == 0) == (warmup == 0)
+    assert trainer.train_set.cfg.mosaic == mosaic
     # a checkpoint's reader rebuilds the model with the weight it was trained with
     recorded = trainer.model_options["loss_options"].get("weights", {}).get("mal", 1.0)
     assert recorded == weight
-    # the run's own log says when the data chose it
-    chosen = "model settings from the training data (dfine-n)" in (trainer.save_dir / "train.log").read_text()
-    assert chosen == (objects == (1, 2) and not extra)
+    # config.yaml says which keys the data chose; the run's own log says so too
+    saved = (trainer.save_dir / "config.yaml").read_text().splitlines()
+    why = f"# dfine defaults for sparse data ({per_image:.2f} objects per training image)"
+    assert ("mosaic: 1.0  " + why in saved) == (sparse and "mosaic" not in extra)
+    assert ("cls_weight: 2.0  " + why in saved) == (sparse and "cls_weight" not in extra)
+    chosen = "training settings from the training data (dfine-n)" in (trainer.save_dir / "train.log").read_text()
+    assert chosen == sparse

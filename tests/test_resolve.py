@@ -9,6 +9,7 @@ from detforge.cli import main
 from detforge.config import ConfigError, TrainConfig
 from detforge.engine.resolve import (
     COMMANDS_WITH_KEYS,
+    apply_data_layer,
     command_config,
     command_keys,
     describe_keys,
@@ -39,6 +40,43 @@ def test_layers_apply_in_order_and_say_where_each_value_came_from(tmp_path):
     again = resolve_train_config({"cfg": str(saved)}).cfg
     assert again.model_dump(exclude={"resume"}) == cfg.model_dump(exclude={"resume"})
     assert "resume" not in yaml.safe_load(text) and "source" not in yaml.safe_load(text)
+
+
+def test_data_layer_fills_only_keys_that_no_later_layer_set():
+    resolved = resolve_train_config({"model": "dfine-n", "recipe": "cooldet", "mosaic": 0.5})
+    sparse = {"cls_weight": 2.0, "warmup_epochs": 0.0, "mosaic": 1.0, "mixup": 0.0, "clip_grad": 1.0}
+    got = apply_data_layer(resolved, "dfine defaults for sparse data", sparse)
+    cfg, src = got.cfg, got.sources
+    assert cfg.mosaic == 0.5 and src["mosaic"] == "key=value"  # the user's value stands
+    assert cfg.warmup_epochs == 1.0 and src["warmup_epochs"] == "recipe=cooldet"  # so does the recipe's
+    assert cfg.mixup == 0.0 and src["mixup"] == "dfine defaults for sparse data"  # over the family's 0.2
+    assert cfg.clip_grad == 1.0 and src["clip_grad"] == "dfine defaults for sparse data"
+    assert cfg.cls_weight == 2.0 and src["cls_weight"] == "dfine defaults for sparse data"  # over the schema's
+    assert "cls_weight: 2.0  # dfine defaults for sparse data" in got.to_yaml().splitlines()
+    assert resolved.cfg.mixup == 0.2 and resolved.cfg.cls_weight is None  # the input is not changed
+    assert apply_data_layer(resolved, "none", {}) is resolved
+    with pytest.raises(ConfigError, match="sparse: names keys the config does not have: \\['warmup'\\]"):
+        apply_data_layer(resolved, "sparse", {"warmup": 0})
+    with pytest.raises(ConfigError, match="mosaic"):
+        apply_data_layer(resolve_train_config({"model": "dfine-n"}), "bad", {"mosaic": 2.0})
+
+
+def test_resume_keeps_saved_values_the_family_defaults_would_change(tmp_path):
+    from detforge.engine.checkpoint import ModelRecord, inference_checkpoint, save_checkpoint
+
+    # mosaic=1.0 is the schema's default and D-FINE's family default is 0.5: a resumed run must
+    # continue at 1.0, and say so; keys that came from the family defaults keep that source
+    first = resolve_train_config({"model": "dfine-n", "mosaic": 1.0, "warmup_epochs": 0, "epochs": 9})
+    record = ModelRecord("dfine-n", 3, ["a", "b", "c"], config=first.cfg.model_dump(mode="json"))
+    path = save_checkpoint(inference_checkpoint(record, {}), tmp_path / "last.pt")
+    again = resolve_train_config({"resume": str(path)})
+    cfg, src = again.cfg, again.sources
+    assert (cfg.mosaic, cfg.warmup_epochs, cfg.epochs) == (1.0, 0.0, 9)
+    assert src["mosaic"] == src["warmup_epochs"] == f"resumed from {path}"
+    assert cfg.clip_grad == 0.1 and src["clip_grad"] == "dfine family defaults"
+    assert cfg.model_dump(exclude={"resume"}) == first.cfg.model_dump(exclude={"resume"})
+    # what the data chose when it started is in the saved settings; the data layer adds nothing
+    assert apply_data_layer(again, "dfine defaults for sparse data", {"mosaic": 0.5}) is again
 
 
 def test_family_defaults_never_set_the_run_size():

@@ -4,12 +4,17 @@ Every command parses ``key=value`` (OmegaConf's dotlist grammar) and an optional
 refuses keys it does not use (naming the command and the closest key it does use), and
 validates values through the one schema, ``TrainConfig`` (detforge/config.py).
 
-``train`` resolves its layers once, before anything is built, in this order (later wins):
+``train`` resolves its layers in this order (later wins):
 
-    defaults < model family defaults < recipe= < cfg= file < key=value  (< saved run on resume)
+    defaults < model family defaults < family defaults for the data < recipe= < cfg= file
+    < key=value  (a resumed run: the saved run's settings over the family defaults)
 
-and remembers where every non-default value came from; config.yaml records both. Nothing
-rewrites the configuration afterwards.
+and remembers where every non-default value came from; config.yaml records both. All but one
+layer are resolved before anything is read or built. The family defaults for the data are
+settings a family chooses from the training split's labels (D-FINE from scratch on images with
+one or two objects each, for instance); the trainer adds them with ``apply_data_layer`` once the
+data is read and before the model, the data pipeline or the optimizer is built. They fill only
+keys that no later layer set, and a resumed run keeps what it was started with.
 """
 
 from __future__ import annotations
@@ -158,6 +163,7 @@ class ResolvedConfig:
     sources: dict[str, str] = field(default_factory=dict)
     family_defaults: dict[str, Any] = field(default_factory=dict)
     resume_from: Path | None = None
+    family_source: str = ""  # the family defaults' source label (what a data layer may replace)
 
     def user_set(self, key: str) -> bool:
         """Set by the user (cfg file, key=value or the resumed run), not by a default layer."""
@@ -233,7 +239,8 @@ def resolve_train_config(args: dict[str, Any]) -> ResolvedConfig:
     unknown = sorted(set(family) - set(defaults))
     if unknown:
         raise ConfigError(f"{model_name}: its family defaults name keys the config does not have: {unknown}")
-    layers.append((f"{spec.family} family defaults", family))
+    family_source = f"{spec.family} family defaults"
+    layers.append((family_source, family))
     recipe_name = saved.get("recipe", current("recipe"))
     if recipe_name in TRAINING_RECIPES:
         layers.append((f"recipe={recipe_name}", TRAINING_RECIPES[recipe_name]))
@@ -246,6 +253,8 @@ def resolve_train_config(args: dict[str, Any]) -> ResolvedConfig:
     sources: dict[str, str] = {}
     for name, values in layers:
         for k, v in values.items():
+            if saved and values is saved and v == merged.get(k, _default(k)):
+                continue  # the lower layers give the saved value: their source stays
             merged[k] = v
             sources[k] = user_src.get(k, name) if name == "user" else name
     if saved:  # what a resume may change, from this command line
@@ -264,7 +273,30 @@ def resolve_train_config(args: dict[str, Any]) -> ResolvedConfig:
             sources["pretrained"] = f"published weights '{merged['pretrained']}' for {model_name}"
             merged["pretrained"] = path
     cfg = validate(merged)
-    return ResolvedConfig(cfg, sources, family, resume_from)
+    return ResolvedConfig(cfg, sources, family, resume_from, family_source)
+
+
+def _default(key: str) -> Any:
+    return TrainConfig.model_fields[key].get_default(call_default_factory=True)
+
+
+def apply_data_layer(resolved: ResolvedConfig, source: str, values: dict[str, Any]) -> ResolvedConfig:
+    """``resolved`` with the family's settings for the training data (``values``, TrainConfig
+    keys) placed just above the family defaults: a key that recipe=, cfg=, key=value or a
+    resumed run set keeps its value. ``source`` says why (config.yaml comments each key with
+    it). The result is validated like every other layer."""
+    unknown = sorted(set(values) - set(TrainConfig.model_fields))
+    if unknown:
+        raise ConfigError(f"{source}: names keys the config does not have: {unknown}")
+    if resolved.resume_from is not None:
+        return resolved  # the saved run already holds what its data chose
+    below = {None, resolved.family_source}
+    taken = {k: v for k, v in values.items() if resolved.sources.get(k) in below}
+    if not taken:
+        return resolved
+    cfg = validate({**resolved.cfg.model_dump(), **taken})
+    sources = {**resolved.sources, **{k: source for k in taken}}
+    return ResolvedConfig(cfg, sources, resolved.family_defaults, resolved.resume_from, resolved.family_source)
 
 
 def _resumable_settings(path: Path, user: dict[str, Any]) -> dict[str, Any]:
@@ -274,8 +306,9 @@ def _resumable_settings(path: Path, user: dict[str, Any]) -> dict[str, Any]:
     saved = dict(read_model_record(path).config)
     fields = TrainConfig.model_fields
     defaults = TrainConfig().model_dump(mode="json")
-    # values equal to the default stay defaults, so "was it set?" keeps its meaning on resume
-    known = {k: v for k, v in saved.items() if k in fields and v != defaults.get(k)}
+    # every saved value, those equal to TrainConfig's default too: a family default that differs
+    # (D-FINE's mosaic 0.5 under a run started with mosaic=1.0) must not replace it mid-run
+    known = {k: v for k, v in saved.items() if k in fields}
     dropped = sorted(set(saved) - set(fields))
     if dropped:
         LOG.warning("resume: the checkpoint's config has keys this version does not know, ignored: %s", dropped)

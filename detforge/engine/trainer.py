@@ -46,7 +46,7 @@ from detforge.engine.validator import evaluate
 from detforge.errors import NonFiniteLossError
 from detforge.eval.evaluator import fitness as fitness_of
 from detforge.models.zoo import build_model, detr_families, get_spec
-from detforge.engine.resolve import ResolvedConfig, resolve_train_config
+from detforge.engine.resolve import ResolvedConfig, apply_data_layer, resolve_train_config
 from detforge.utils.runtime import (
     add_file_log,
     increment_path,
@@ -101,12 +101,14 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._file_log = None
         self._prepared: dict[str, Any] = {}  # model options the family's prepare() chose from the data
+        self._from_data: dict[str, Any] = {}  # config keys the family's data_defaults() set
 
     # ------------------------------------------------------------------ set-up
     def setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         train_samples, val_samples = self._load_data()  # validate inputs before making a run folder
+        cfg = self._apply_data_defaults(train_samples)
         self.model = self._build_model(train_samples)
         self.save_dir = self._make_run_dir()
         self.weights_dir, self.plots_dir = self.save_dir / "weights", self.save_dir / "plots"
@@ -153,6 +155,21 @@ class Trainer:
                 len(self.names), self.batch_size, cfg.epochs, self.save_dir,
             )
 
+    def _apply_data_defaults(self, train_samples) -> TrainConfig:
+        """The family's settings for this training set, as a config layer (engine/resolve.py):
+        chosen when training starts from a model name, kept as saved on resume."""
+        cfg = self.cfg
+        if self._model_in is not None or self.resume_from is not None or cfg.model.endswith(".pt"):
+            return cfg
+        spec = get_spec(cfg.model)
+        if spec.data_defaults is None:
+            return cfg
+        values, reason = spec.data_defaults(train_samples, bool(cfg.pretrained))
+        resolved = apply_data_layer(self.resolved, reason, values)
+        self._from_data = {k: getattr(resolved.cfg, k) for k in values if resolved.sources.get(k) == reason}
+        self.resolved, self.cfg = resolved, resolved.cfg
+        return self.cfg
+
     def _ema_ramp(self) -> int:
         """cfg.ema_warmup, or with ``auto`` the ramp sized from this run's optimizer steps."""
         if self.cfg.ema_warmup != "auto":
@@ -197,7 +214,10 @@ class Trainer:
             (path / "weights").mkdir(parents=True, exist_ok=True)
             (path / "plots").mkdir(parents=True, exist_ok=True)
             self._file_log = add_file_log(path / "train.log")
-            if self._prepared:  # said on the console before the run folder existed; kept in its log too
+            # said on the console before the run folder existed; kept in its log too
+            if self._from_data:
+                LOG.info("training settings from the training data (%s): %s", self.cfg.model, self._from_data)
+            if self._prepared:
                 LOG.info("model settings from the training data (%s): %s", self.cfg.model, self._prepared)
         dist_utils.barrier()
         return path
@@ -218,9 +238,12 @@ class Trainer:
                 load_pretrained(model, cfg.pretrained)
         else:
             spec = spec_of_run = get_spec(cfg.model)
-            # data-dependent options (e.g. anchors fitted to the training boxes) over the config's
-            self._prepared = spec.prepare(cfg, train_samples) if spec.prepare is not None else {}
-            self.model_options = {**spec.options(cfg), **self._prepared}
+            if self.resume_from is not None:  # rebuilt as it was trained (fitted anchors included)
+                self.model_options = {**spec.options(cfg), **read_model_record(self.resume_from).model_options}
+            else:
+                # data-dependent options (e.g. anchors fitted to the training boxes) over the config's
+                self._prepared = spec.prepare(cfg, train_samples) if spec.prepare is not None else {}
+                self.model_options = {**spec.options(cfg), **self._prepared}
             model = build_with_weights(cfg.model, len(self.names), cfg.pretrained, **self.model_options)
         self.model_name = getattr(model, "model_name", cfg.model)
         ignored = [] if spec_of_run is None or spec_of_run.detr else detr_keys_set(cfg)

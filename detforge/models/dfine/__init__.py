@@ -7,7 +7,7 @@ from functools import partial
 
 from detforge.models.dfine.model import DFine
 from detforge.models.dfine.recipe import (SPARSE_OBJECTS_PER_IMAGE, objects_per_image, small_data_recipe,
-                                          sparse_cls_weight)
+                                          sparse_data_defaults)
 from detforge.models.dfine.sizes import SIZES, official_recipe
 from detforge.models.dfine.weights import load_official
 from detforge.models.zoo import ModelSpec, register
@@ -17,17 +17,14 @@ LOG = logging.getLogger("detforge")
 _BACKBONES = {"n": "HGNetv2-B0, 2 levels", "s": "HGNetv2-B0", "m": "HGNetv2-B2", "l": "HGNetv2-B4", "x": "HGNetv2-B5"}
 
 
-
-def _options(cfg, default_cls_weight: float | None = None) -> dict:
-    """Loss settings from the config, in the form DFine's constructor takes; the config's
-    ``cls_weight`` wins over ``default_cls_weight`` (one chosen from the data)."""
+def _options(cfg) -> dict:
+    """Loss settings from the config, in the form DFine's constructor takes."""
     loss = {"label_smoothing": float(cfg.label_smoothing)}
     if getattr(cfg, "mal", None) is not None:
         loss["use_mal"] = bool(cfg.mal)
     if getattr(cfg, "mal_gamma", None) is not None:
         loss["mal_gamma"] = float(cfg.mal_gamma)
     cls_weight = getattr(cfg, "cls_weight", None)
-    cls_weight = default_cls_weight if cls_weight is None else cls_weight
     if cls_weight is not None:
         # one weight for whichever classification term the criterion uses
         loss["weights"] = {"vfl": float(cls_weight), "mal": float(cls_weight)}
@@ -48,18 +45,15 @@ def _options(cfg, default_cls_weight: float | None = None) -> dict:
     return options
 
 
-def _prepare(cfg, train_samples) -> dict:
-    """Twice the classification weight from scratch on sparse-object training sets (recipe.py,
-    "Sparse objects"), unless the config sets ``cls_weight`` itself."""
-    if getattr(cfg, "cls_weight", None) is not None:
-        return {}
+def _data_defaults(train_samples, pretrained: bool) -> tuple[dict, str]:
+    """From scratch on sparse-object training sets: the recipe's settings for them (recipe.py,
+    "Sparse objects"); what the user sets wins."""
     per_image = objects_per_image(train_samples)
-    weight = sparse_cls_weight(per_image, from_pretrained=bool(getattr(cfg, "pretrained", None)))
-    if weight is None:
-        return {}
-    LOG.info("D-FINE: %.2f objects per training image (at most %g): classification weight %g from scratch "
-             "(cls_weight=1 keeps 1)", per_image, SPARSE_OBJECTS_PER_IMAGE, weight)
-    return {"loss_options": _options(cfg, default_cls_weight=weight)["loss_options"]}
+    values = sparse_data_defaults(per_image, from_pretrained=pretrained)
+    if values:
+        LOG.info("D-FINE: %.2f objects per training image (at most %g), from scratch: %s (keys you set win)",
+                 per_image, SPARSE_OBJECTS_PER_IMAGE, " ".join(f"{k}={v:g}" for k, v in values.items()))
+    return values, f"dfine defaults for sparse data ({per_image:.2f} objects per training image)"
 
 
 def _recipe(size: str):
@@ -79,7 +73,7 @@ for _size in SIZES:
         description=f"D-FINE-{_size.upper()} ({_BACKBONES[_size]}); NMS-free real-time DETR",
         defaults=_recipe(_size),
         options=_options,
-        prepare=_prepare,
+        data_defaults=_data_defaults,
         detr=True,
     ))
 

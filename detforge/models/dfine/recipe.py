@@ -175,6 +175,8 @@ DEFAULT_EPOCHS = 100
 SPARSE_OBJECTS_PER_IMAGE = 2.0
 # the classification term's weight from scratch on such sets (module text: "Sparse objects")
 SPARSE_CLS_WEIGHT = 2.0
+# ... and the trainer settings that start such sets sooner (module text, "Sparse objects")
+SPARSE_TRAINING = {"warmup_epochs": 0.0, "mosaic": 1.0}
 
 
 def objects_per_image(samples: Sequence[Any]) -> float:
@@ -190,6 +192,16 @@ def sparse_cls_weight(per_image: float, from_pretrained: bool = False) -> float 
     if from_pretrained or per_image > SPARSE_OBJECTS_PER_IMAGE:
         return None
     return SPARSE_CLS_WEIGHT
+
+
+def sparse_data_defaults(per_image: float, from_pretrained: bool = False) -> dict[str, Any]:
+    """TrainConfig keys for a training set averaging ``per_image`` objects per image: from
+    scratch on sparse sets, twice the classification weight, no lr warm-up and mosaic on every
+    image (module text, "Sparse objects"); else none (the recipe stands)."""
+    weight = sparse_cls_weight(per_image, from_pretrained)
+    if weight is None:
+        return {}
+    return {"cls_weight": weight, **SPARSE_TRAINING}
 
 
 def no_aug_epochs(epochs: int) -> int:
