@@ -143,7 +143,7 @@ class TrainConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     mal: bool | None = Field(None, description="DETRs: matchability-aware classification loss (DEIM) instead of VFL; default: the model's recipe")
     mal_gamma: float | None = Field(None, gt=0, description="DETRs with MAL: exponent of the IoU in the positive target and of the score in the negatives' weight (lower: higher targets for poor matches and a stronger push on wrong classes); default: the model's recipe (D-FINE: 1.0 from scratch, 1.5 from official weights)")
-    cls_weight: float | None = Field(None, gt=0, description="DETRs: weight of the classification term (VFL or MAL) beside the box terms (L1 5, GIoU 2); default: the model's (D-FINE: 2.0 from scratch when the training images average at most 2 objects, else 1.0)")
+    cls_weight: float | None = Field(None, gt=0, description="DETRs: weight of the classification term (VFL or MAL) beside the box terms (L1 5, GIoU 2); default: the criterion's 1.0; D-FINE from scratch sets 2.0 from the data when the training images average at most 2 objects")
     dup_weight: float = Field(1.0, ge=0, description="DETRs: training-only factor on the classification push-down of duplicates (unmatched queries whose box overlaps an object of that class at IoU >= 0.5, what NMS would remove); 1 off")
     class_ce: float = Field(0.0, ge=0, description="DETRs: weight of a training-only softmax cross-entropy over the classes of the matched queries, which asks which class a found object is apart from whether it is one; 0 off")
     o2m: int = Field(0, ge=0, description="DETRs: training-only one-to-many query group (H-DETR), each object matched this many times; 0 off")

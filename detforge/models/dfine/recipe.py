@@ -10,9 +10,9 @@ epoch earlier (epoch 2: 0.048 vs 0.011 mAP50-95) and ended at 0.154 / 0.403 agai
 recipe's 0.123 / 0.339 (benchmarks/RESULTS.md, "D-FINE on BCCD"; one seed, all changes at once,
 so their separate effects are not measured). What changes, and why:
 
-- Dense one-to-one supervision (DEIM, arXiv 2412.04234): mosaic 0.5 and MixUp 0.2 raise the
-  objects per training image, so Hungarian matching hands out several times more positives per
-  step without an extra decoder. Both stop for the last ~15% of the epochs (``close_mosaic``) so
+- Dense one-to-one supervision (DEIM, arXiv 2412.04234): mosaic 0.5 (1.0 on sparse sets, below)
+  and MixUp 0.2 raise the objects per training image, so Hungarian matching hands out several
+  times more positives per step without an extra decoder. Both stop for the last ~15% of the epochs (``close_mosaic``) so
   the model ends on images that look like the validation data.
 - Matchability-aware loss (DEIM's MAL) instead of VFL: a low-IoU match keeps a real positive
   target (IoU**1.5 with weight 1), where VFL's target, and so its gradient, nearly vanishes;
@@ -28,25 +28,30 @@ so their separate effects are not measured). What changes, and why:
   every seed above every seed at 1.5; BCCD-WBC 0.769 ± 0.007 against 0.782 ± 0.010 (mAP50
   0.994 against 0.996), a little lower, with steadier last epochs. Official weights, trained
   under 1.5, keep it.
-- Sparse objects: twice the classification term's weight (``cls_weight`` 2.0) from scratch when
-  the training images average at most 2 labelled objects (``SPARSE_OBJECTS_PER_IMAGE``; set by
-  the model's ``prepare`` hook once the data is read; ``cls_weight=`` set by the user wins). With
+- Sparse objects: from scratch, when the training images average at most 2 labelled objects
+  (``SPARSE_OBJECTS_PER_IMAGE``), twice the classification term's weight (``cls_weight`` 2.0),
+  no lr warm-up (``warmup_epochs`` 0) and mosaic on every image (``mosaic`` 1.0). The model
+  family chooses them once the training split is read (``sparse_data_defaults``; a config layer
+  just above these defaults, recorded in config.yaml); any of them set by the user wins. With
   one object per image a DETR gets about one positive query per image and step, and the class
   score, which also picks the encoder's proposals, is what learns slowest. At 416 px, batch 16,
-  25 epochs from scratch, 3 seeds (benchmarks/RESULTS.md, "twice the classification weight over
-  MAL's exponent 1.0"): BCCD-WBC (1.05 per image) 0.769 ± 0.004 / 0.999 ± 0.002 mAP50-95 /
-  mAP50 against 0.769 / 0.994 at weight 1 (fewer duplicate boxes, best = last in every seed);
-  the synthetic set (1.34 per image) 0.109 ± 0.013 / 0.244 against 0.105 / 0.227, its last 5
-  epochs moving 0.017 against 0.028. On BCCD (13.7 per image) the same weight ended lower in
-  every seed (0.487 ± 0.006 / 0.790 against 0.501 ± 0.007 / 0.787; paired -0.012, -0.016,
-  -0.011 mAP50-95), so denser sets keep 1. Between 2 and 13 objects per image it is not
-  measured; official weights, trained at 1, keep 1.
+  25 epochs from scratch (benchmarks/RESULTS.md, "twice the classification weight over MAL's
+  exponent 1.0" and "no lr warm-up"): the weight alone, 3 seeds, BCCD-WBC (1.05 per image)
+  0.769 ± 0.004 / 0.999 mAP50-95 / mAP50 against 0.769 / 0.994 at weight 1, the synthetic set
+  (1.34 per image) 0.109 ± 0.013 / 0.244 against 0.105 / 0.227. Dropping the warm-up and mosaic
+  on every image over it: the synthetic set (4 seeds) 0.107 ± 0.019 / 0.237 against 0.111 /
+  0.240, epoch-8 mAP50 0.097 against 0.068, last-5 swing 0.011 against 0.016; BCCD-WBC (3
+  seeds) 0.766 ± 0.005 / 1.000 against 0.769 / 0.999, epoch-8 mAP50 0.882 against 0.656: level
+  at the end, sooner at the start. On BCCD (13.7 per image) the weight ended lower in every seed
+  (0.487 ± 0.006 / 0.790 against 0.501 ± 0.007 / 0.787) and mosaic on every image cost seed 0
+  0.019, so denser sets keep the rest of this recipe. Between 2 and 13 objects per image none
+  of it is measured; official weights, trained at weight 1 with the official schedule, keep it.
 - From scratch the backbone trains at the full lr: the official backbone multipliers (0.5 for N,
   down to 0.01 for X) protect ImageNet features, and a random backbone has none to protect.
   Starting from official weights keeps the official multiplier.
 - Cosine decay to 10% instead of the official constant lr: a short run has no later epochs in
   which a constant-lr model settles; the decay does that settling inside the budget.
-- Warm-up in epochs (2), not 500 steps: 500 steps exceed a whole 25-epoch run at batch 16 on
+- Warm-up in epochs (2; none on sparse sets, above), not 500 steps: 500 steps exceed a whole 25-epoch run at batch 16 on
   200 images (325 steps); the trainer further caps any warm-up at 10% of the run.
 - EMA ramp sized to the run (``ema_warmup=auto``) instead of 1000 steps: the ramp is chosen so
   the final average spans ~15% of the run's steps (84 steps for a 325-step run). A fixed ramp
@@ -131,7 +136,7 @@ boxes on already-found cells, which NMS removes after a CNN detector ("where mAP
 last-5 swing 0.018 against 0.008; "a heavier push-down on duplicates"), so it stays off.
 ``mosaic=1.0`` over exponent 1.0, which steadied the synthetic set's end (swing 0.014 against
 0.028), ended lower on BCCD-WBC (0.760 ± 0.008 against 0.769, paired -0.013, -0.021, +0.008;
-swing 0.017 against 0.008) and on BCCD seed 0 (0.474 against 0.493), so mosaic stays 0.5
+swing 0.017 against 0.008) and on BCCD seed 0 (0.474 against 0.493), so mosaic alone stays 0.5
 ("mosaic on every image over MAL's exponent 1.0").
 Over exponent 1.0, ``cls_weight=2`` held on both sparse proxies and cost BCCD about 0.013
 mAP50-95 in every seed, hence the sparse-only setting in the list above. ``cls_weight=4`` on the
@@ -140,17 +145,13 @@ higher (0.112 ± 0.025 / 0.224 against 0.109 / 0.244).
 No lr warm-up (``warmup_epochs=0``) moved the synthetic set's curve about two epochs earlier
 (4 GPU seeds: mean mAP50 at epoch 10 0.127 against 0.070) but not epoch 8 (0.080 against 0.074
 over 3 CPU seeds), ended level (0.119 / 0.242 over 2 seeds; BCCD-WBC 0.766 against 0.769 over
-2) with a larger last-5 swing (0.026 against 0.017), so the 2-epoch warm-up stays
+2) with a larger last-5 swing (0.026 against 0.017), so alone it was not adopted
 ("no lr warm-up"). ``class_ce=1`` and ``=2`` (a softmax cross-entropy over the matched
 queries' classes) started later on one seed (epoch-8 mAP50 0.015 and 0.010 against 0.041).
-No warm-up with ``mosaic=1.0`` held on both sparse proxies: synthetic (4 seeds) epoch-8 mAP50
-0.097 against 0.068, 0.111 / 0.241 at the end against 0.111 / 0.240 with a wider spread (paired
--0.030 to +0.026), last-5 swing 0.012; BCCD-WBC (3 seeds) 0.766 / 1.000 against 0.769 / 0.999,
-epoch-8 mAP50 0.882 against 0.656.
-It is not in the recipe yet: both are trainer settings, fixed here before the training set is
-read, and BCCD, which is not sparse, loses with mosaic on every image (0.474 against 0.493,
-seed 0). No warm-up alone left BCCD seed 0 level (0.491 against 0.493).
-
+No warm-up with ``mosaic=1.0`` held on both sparse proxies and is now part of the sparse
+settings (the list above). A one-to-many group for the first epochs only was not tried: ``o2m``
+over the whole run did not start sooner (epoch-8 mAP50 0.042 against 0.041), and its first
+epochs are the same training.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
