@@ -218,7 +218,7 @@ def resolve_train_config(args: dict[str, Any]) -> ResolvedConfig:
     defaults = TrainConfig.model_fields
 
     def current(key: str) -> Any:
-        return user[key] if key in user else defaults[key].get_default(call_default_factory=True)
+        return user[key] if key in user else _default(key)
 
     resume_from = find_resume_checkpoint(current("resume"), str(current("project")))
     saved: dict[str, Any] = {}
@@ -253,7 +253,7 @@ def resolve_train_config(args: dict[str, Any]) -> ResolvedConfig:
     sources: dict[str, str] = {}
     for name, values in layers:
         for k, v in values.items():
-            if saved and values is saved and v == merged.get(k, _default(k)):
+            if values is saved and v == merged.get(k, _default(k)):
                 continue  # the lower layers give the saved value: their source stays
             merged[k] = v
             sources[k] = user_src.get(k, name) if name == "user" else name

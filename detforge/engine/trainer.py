@@ -21,20 +21,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from detforge.config import ConfigError, TrainConfig, detr_keys_set
+from detforge.config import ConfigError, TrainConfig
 from detforge.data.dataset import DetectionDataset
 from detforge.data.formats import load_dataset
 from detforge.data.loader import build_dataloader, loader_set_epoch, multi_scale_size, resize_batch
 from detforge.engine import distributed as dist_utils
 from detforge.engine import parallel, run_checkpoint
-from detforge.engine.checkpoint import (
-    build_with_weights,
-    load_matching,
-    load_pretrained,
-    read_detforge_checkpoint,
-    read_model_record,
-    set_rng_state,
-)
+from detforge.engine.checkpoint import read_detforge_checkpoint, set_rng_state
 from detforge.engine.ema import ModelEMA, ramp_for_run
 from detforge.engine.optim import build_optimizer
 from detforge.engine.run_log import RunLog
@@ -45,8 +38,8 @@ from detforge.engine.sharding import build_eval_loader
 from detforge.engine.validator import evaluate
 from detforge.errors import NonFiniteLossError
 from detforge.eval.evaluator import fitness as fitness_of
-from detforge.models.zoo import build_model, detr_families, get_spec
-from detforge.engine.resolve import ResolvedConfig, apply_data_layer, resolve_train_config
+from detforge.engine.resolve import ResolvedConfig, resolve_train_config
+from detforge.engine.run_model import apply_data_defaults, build_run_model
 from detforge.utils.runtime import (
     add_file_log,
     increment_path,
@@ -108,8 +101,13 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)
         train_samples, val_samples = self._load_data()  # validate inputs before making a run folder
-        cfg = self._apply_data_defaults(train_samples)
-        self.model = self._build_model(train_samples)
+        self.resolved, self._from_data = apply_data_defaults(self.resolved, train_samples, self._model_in is not None)
+        self.cfg = cfg = self.resolved.cfg
+        # read once: the model is rebuilt from its options, and the run state restored from it
+        resumed = None if self.resume_from is None else read_detforge_checkpoint(self.resume_from, need="training")
+        built = build_run_model(cfg, len(self.names), train_samples, self._model_in, resumed, warn=self.is_main)
+        self.model, self.model_name, self.model_options, self._prepared = (built.model, built.name, built.options,
+                                                                           built.prepared)
         self.save_dir = self._make_run_dir()
         self.weights_dir, self.plots_dir = self.save_dir / "weights", self.save_dir / "plots"
         self.model.to(self.device)
@@ -142,8 +140,8 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.train_model = self._wrap_distributed(self.model)
-        if self.resume_from is not None:
-            run_checkpoint.restore(self, read_detforge_checkpoint(self.resume_from, need="training"))
+        if resumed is not None:
+            run_checkpoint.restore(self, resumed)
         self.log = RunLog(self.save_dir, cfg.logger, cfg.project, cfg.model_dump(mode="json"),
                           self.history) if self.is_main else None
         self.trust_logger = self._trust_logger()
@@ -154,21 +152,6 @@ class Trainer:
                 self.model_name, self.device, len(self.train_set), len(self.val_set),
                 len(self.names), self.batch_size, cfg.epochs, self.save_dir,
             )
-
-    def _apply_data_defaults(self, train_samples) -> TrainConfig:
-        """The family's settings for this training set, as a config layer (engine/resolve.py):
-        chosen when training starts from a model name, kept as saved on resume."""
-        cfg = self.cfg
-        if self._model_in is not None or self.resume_from is not None or cfg.model.endswith(".pt"):
-            return cfg
-        spec = get_spec(cfg.model)
-        if spec.data_defaults is None:
-            return cfg
-        values, reason = spec.data_defaults(train_samples, bool(cfg.pretrained))
-        resolved = apply_data_layer(self.resolved, reason, values)
-        self._from_data = {k: getattr(resolved.cfg, k) for k in values if resolved.sources.get(k) == reason}
-        self.resolved, self.cfg = resolved, resolved.cfg
-        return self.cfg
 
     def _ema_ramp(self) -> int:
         """cfg.ema_warmup, or with ``auto`` the ramp sized from this run's optimizer steps."""
@@ -221,36 +204,6 @@ class Trainer:
                 LOG.info("model settings from the training data (%s): %s", self.cfg.model, self._prepared)
         dist_utils.barrier()
         return path
-
-    def _build_model(self, train_samples) -> torch.nn.Module:
-        cfg = self.cfg
-        self.model_options: dict[str, Any] = {}  # what a checkpoint reader rebuilds the model with
-        spec_of_run = None  # a model object handed in has no spec to check the keys against
-        if self._model_in is not None:
-            model = self._model_in
-        elif cfg.model.endswith(".pt"):  # fine-tune a detforge checkpoint (new head if classes differ)
-            record = read_model_record(cfg.model)
-            spec_of_run = get_spec(record.model_name)
-            self.model_options = {**record.model_options, **spec_of_run.options(cfg)}
-            model = build_model(record.model_name, len(self.names), **self.model_options)
-            load_matching(model, read_detforge_checkpoint(cfg.model)["model"], source=cfg.model)
-            if cfg.pretrained:
-                load_pretrained(model, cfg.pretrained)
-        else:
-            spec = spec_of_run = get_spec(cfg.model)
-            if self.resume_from is not None:  # rebuilt as it was trained (fitted anchors included)
-                self.model_options = {**spec.options(cfg), **read_model_record(self.resume_from).model_options}
-            else:
-                # data-dependent options (e.g. anchors fitted to the training boxes) over the config's
-                self._prepared = spec.prepare(cfg, train_samples) if spec.prepare is not None else {}
-                self.model_options = {**spec.options(cfg), **self._prepared}
-            model = build_with_weights(cfg.model, len(self.names), cfg.pretrained, **self.model_options)
-        self.model_name = getattr(model, "model_name", cfg.model)
-        ignored = [] if spec_of_run is None or spec_of_run.detr else detr_keys_set(cfg)
-        if ignored and self.is_main:
-            LOG.warning("%s is not a DETR: ignoring %s (keys read only by the DETR families: %s)", spec_of_run.name,
-                        ", ".join(f"{k}={getattr(cfg, k)}" for k in ignored), ", ".join(detr_families()))
-        return model
 
     def _resolve_batch(self) -> int:
         """The global batch. batch=-1 / 0.7 probe what fits one device (rank 0 probes, every

@@ -12,8 +12,8 @@ so their separate effects are not measured). What changes, and why:
 
 - Dense one-to-one supervision (DEIM, arXiv 2412.04234): mosaic 0.5 (1.0 on sparse sets, below)
   and MixUp 0.2 raise the objects per training image, so Hungarian matching hands out several
-  times more positives per step without an extra decoder. Both stop for the last ~15% of the epochs (``close_mosaic``) so
-  the model ends on images that look like the validation data.
+  times more positives per step without an extra decoder. Both stop for the last ~15% of the
+  epochs (``close_mosaic``) so the model ends on images that look like the validation data.
 - Matchability-aware loss (DEIM's MAL) instead of VFL: a low-IoU match keeps a real positive
   target (IoU**1.5 with weight 1), where VFL's target, and so its gradient, nearly vanishes;
   early in a short run nearly every match is low-IoU. Its scores aim at IoU**1.5, so they run
@@ -51,8 +51,9 @@ so their separate effects are not measured). What changes, and why:
   Starting from official weights keeps the official multiplier.
 - Cosine decay to 10% instead of the official constant lr: a short run has no later epochs in
   which a constant-lr model settles; the decay does that settling inside the budget.
-- Warm-up in epochs (2; none on sparse sets, above), not 500 steps: 500 steps exceed a whole 25-epoch run at batch 16 on
-  200 images (325 steps); the trainer further caps any warm-up at 10% of the run.
+- Warm-up in epochs (2; none on sparse sets, above), not 500 steps: 500 steps exceed a whole
+  25-epoch run at batch 16 on 200 images (325 steps); the trainer further caps any warm-up at
+  10% of the run.
 - EMA ramp sized to the run (``ema_warmup=auto``) instead of 1000 steps: the ramp is chosen so
   the final average spans ~15% of the run's steps (84 steps for a 325-step run). A fixed ramp
   fits one run length: 1000 never gets past a decay of ~0.3 in a 325-step run (it barely
