@@ -6,6 +6,8 @@ sparse-data benchmarks train on, outside the repository:
                  are left out (their count is printed)
   synthetic_sparse  detforge's built-in synthetic generator with 1-2 objects per image
                  (160 train / 40 val, 320 px, 4 classes, ~10% background images)
+  synthetic_sparse_1class  the same images and boxes with the four shapes as one class
+                 ("shape"): finding objects without naming them, as on single-class sets
 
     python benchmarks/make_sparse_sets.py --bccd ../shared/datasets/bccd --out /work/data
 """
@@ -45,6 +47,14 @@ def one_class(data: DetectionData, name: str) -> tuple[DetectionData, dict[str, 
     return DetectionData([name], splits, data.root, data.layout), dropped
 
 
+def merged(data: DetectionData, name: str) -> DetectionData:
+    """``data`` with every class merged into one class ``name`` (label 0); boxes unchanged."""
+    splits = {split: [Sample(s.image_path, s.boxes, np.zeros(len(s.labels), np.int64), s.width, s.height,
+                             image_id=s.image_id) for s in samples]
+              for split, samples in data.splits.items()}
+    return DetectionData([name], splits, data.root, data.layout)
+
+
 def describe(data: DetectionData) -> str:
     parts = []
     for split, samples in data.splits.items():
@@ -73,6 +83,13 @@ def main() -> None:
     spec = dict(SPARSE_SPLIT)
     root = ensure_synthetic(args.out / "synthetic_sparse", **spec)
     print(f"synthetic_sparse: {describe(load_dataset(root))}")
+
+    one_dir = args.out / "synthetic_sparse_1class"
+    if (one_dir / "data.yaml").is_file():
+        print(f"{one_dir}: exists, kept")
+    else:
+        write_dataset(merged(load_dataset(root), "shape"), one_dir, "yolo", link=True)
+    print(f"synthetic_sparse_1class: {describe(load_dataset(one_dir))}")
 
 
 if __name__ == "__main__":

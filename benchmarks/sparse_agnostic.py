@@ -10,7 +10,9 @@ For every saved epoch (or only those given, e.g. ``--epochs 8 25``) it scores th
 three ways with detforge's COCO evaluator: ``mAP50-95 / mAP50`` as trained (class-aware, as the
 run logged them), class-agnostic (every prediction and ground-truth box class 0: where the
 boxes are, whatever their class) and the share of ground-truth boxes whose best-IoU prediction
-among the top 10 of their image has the right class (of those found at IoU >= 0.5). Duplicates:
+among the top 10 of their image has the right class (of those found at IoU >= 0.5); found_any
+is the share found at IoU >= 0.5 by any kept prediction (up to 300 per image): boxes that exist
+but are not yet scored near the top. Duplicates:
 predictions on an object another, higher-scored prediction already found (IoU >= 0.5, same
 class), counted where they outrank the set's weakest hit (only those cost AP), and mAP50 after a
 class-wise NMS at IoU 0.7 (what YOLO-style post-processing would read; a diagnostic only, the
@@ -120,12 +122,14 @@ def score_run(run: Path, data_dir: str, split: str = "val", epochs: list[int] | 
         aware = coco_map(gt, dets, len(data.names), sizes)
         blind = coco_map(gt0, [_agnostic(d) for d in dets], 1, sizes)
         found, right = _right_class(samples, dets)
+        found_any, _ = _right_class(samples, dets, top=300)
         with_nms = coco_map(gt, [_nms(d) for d in dets], len(data.names), sizes)
         rows.append({
             "run": run.name, "epoch": _epoch(ckpt),
             "map50_95": round(aware["map50_95"], 4), "map50": round(aware["map50"], 4),
             "agnostic_map50_95": round(blind["map50_95"], 4), "agnostic_map50": round(blind["map50"], 4),
-            "found_top10": round(found / max(n_gt, 1), 3), "right_class_of_found": round(right / max(found, 1), 3),
+            "found_any": round(found_any / max(n_gt, 1), 3), "found_top10": round(found / max(n_gt, 1), 3),
+            "right_class_of_found": round(right / max(found, 1), 3),
             "duplicates_above_a_hit": _duplicates(samples, dets), "map50_after_nms07": round(with_nms["map50"], 4),
         })
         print(json.dumps(rows[-1]), flush=True)

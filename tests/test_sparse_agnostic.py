@@ -52,7 +52,7 @@ def test_scores_match_the_runs_own_validation(synthetic_root, tmp_path, capsys):
     for mine, theirs in zip(rows, logged):  # the saved epoch weights are the ones that epoch validated
         assert mine["map50"] == pytest.approx(float(theirs["map50"]), abs=1e-4)
         assert mine["map50_95"] == pytest.approx(float(theirs["map50_95"]), abs=1e-4)
-        assert 0 <= mine["agnostic_map50"] <= 1 and 0 <= mine["found_top10"] <= 1
+        assert 0 <= mine["agnostic_map50"] <= 1 and 0 <= mine["found_top10"] <= mine["found_any"] <= 1
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert printed == rows
     assert sparse_agnostic.score_run(tmp_path / "run", str(synthetic_root), epochs=[2]) == rows[1:]
