@@ -15,6 +15,7 @@ sparse-data benchmarks train on, outside the repository:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -48,9 +49,11 @@ def one_class(data: DetectionData, name: str) -> tuple[DetectionData, dict[str, 
 
 
 def merged(data: DetectionData, name: str) -> DetectionData:
-    """``data`` with every class merged into one class ``name`` (label 0); boxes unchanged."""
-    splits = {split: [Sample(s.image_path, s.boxes, np.zeros(len(s.labels), np.int64), s.width, s.height,
-                             image_id=s.image_id) for s in samples]
+    """``data`` with every class merged into one class ``name`` (label 0). Everything else stays,
+    outlines included: mosaic and affine crops clip an object's outline, not its box, so without
+    them cut objects would train on looser boxes than in ``data``."""
+    splits = {split: [dataclasses.replace(s, labels=np.zeros(len(s.labels), np.int64),
+                                          crowd_labels=np.zeros(len(s.crowd_labels), np.int64)) for s in samples]
               for split, samples in data.splits.items()}
     return DetectionData([name], splits, data.root, data.layout)
 

@@ -11,7 +11,7 @@ three ways with detforge's COCO evaluator: ``mAP50-95 / mAP50`` as trained (clas
 run logged them), class-agnostic (every prediction and ground-truth box class 0: where the
 boxes are, whatever their class) and the share of ground-truth boxes whose best-IoU prediction
 among the top 10 of their image has the right class (of those found at IoU >= 0.5); found_any
-is the share found at IoU >= 0.5 by any kept prediction (up to 300 per image): boxes that exist
+is the share found at IoU >= 0.5 by any kept prediction (max_det per image): boxes that exist
 but are not yet scored near the top. Duplicates:
 predictions on an object another, higher-scored prediction already found (IoU >= 0.5, same
 class), counted where they outrank the set's weakest hit (only those cost AP), and mAP50 after a
@@ -49,8 +49,8 @@ def _agnostic(det: Detections) -> Detections:
     return Detections(det.boxes[keep], det.scores[keep], np.zeros(len(keep), np.int64))
 
 
-def _right_class(samples, dets, top: int = 10) -> tuple[int, int]:
-    """(found at IoU >= 0.5 among an image's top ``top``, of those with the right class)."""
+def _right_class(samples, dets, top: int | None = 10) -> tuple[int, int]:
+    """(found at IoU >= 0.5 among an image's top ``top`` (None: all kept), of those with the right class)."""
     found = right = 0
     for s, d in zip(samples, dets):
         if len(s.boxes) == 0 or len(d.scores) == 0:
@@ -122,7 +122,7 @@ def score_run(run: Path, data_dir: str, split: str = "val", epochs: list[int] | 
         aware = coco_map(gt, dets, len(data.names), sizes)
         blind = coco_map(gt0, [_agnostic(d) for d in dets], 1, sizes)
         found, right = _right_class(samples, dets)
-        found_any, _ = _right_class(samples, dets, top=300)
+        found_any, _ = _right_class(samples, dets, top=None)
         with_nms = coco_map(gt, [_nms(d) for d in dets], len(data.names), sizes)
         rows.append({
             "run": run.name, "epoch": _epoch(ckpt),
