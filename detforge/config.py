@@ -65,6 +65,7 @@ class TrainConfig(BaseModel):
     lr0: float | None = Field(None, gt=0, description="initial lr (default: from the family defaults, else the optimizer's)")
     lrf: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of lr0")
     momentum: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.999, gt=0, lt=1, description="Adam-family second-moment decay")
     weight_decay: float | None = Field(None, ge=0)
     backbone_lr_mult: float | None = Field(None, gt=0, description="backbone lr = lr0 * this")
     scheduler: Scheduler = "cosine"
@@ -278,6 +279,7 @@ KEY_HELP: dict[str, str] = {
     "epochs": "training epochs",
     "optimizer": "auto (family default, else SGD for long runs / AdamW for short), or one by name",
     "momentum": "SGD momentum / Adam beta1",
+    "beta2": "Adam / AdamW / NAdam / RAdam / LAMB second-moment decay: how many steps the gradient scale is averaged over (~1 / (1 - beta2))",
     "weight_decay": "decoupled (AdamW/LAMB) or L2 (SGD) weight decay; none on norms and biases (default: optimizer's)",
     "scheduler": "lr schedule after warm-up",
     "warmup_epochs": "linear lr warm-up length in epochs",

@@ -88,6 +88,18 @@ def test_named_optimizers(name, cls, check):
     assert opt.param_groups[0]["lr"] == pytest.approx(0.003)
 
 
+@pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "radam", "lamb"])
+def test_beta2_reaches_adam_family(name):
+    _, opt, info = _build(TrainConfig(optimizer=name, lr0=0.003, momentum=0.8, beta2=0.99, batch=4))
+    assert all(tuple(g["betas"]) == (0.8, 0.99) for g in opt.param_groups)
+    assert info["beta2"] == 0.99 and "beta2=0.99 " in info["summary"]
+
+
+def test_beta2_is_not_reported_for_sgd():
+    _, _, info = _build(TrainConfig(optimizer="sgd", lr0=0.01, beta2=0.99, batch=4))
+    assert "beta2" not in info and "beta2" not in info["summary"]
+
+
 @pytest.mark.parametrize("rule, factor", [("linear", 2.0), ("sqrt", math.sqrt(2.0)), ("none", 1.0)])
 def test_lr_scaling_uses_global_batch(rule, factor):
     # global batch = 16 per device x 4 devices x accumulate 2 = 128 = 2 x nominal 64

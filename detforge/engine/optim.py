@@ -137,10 +137,14 @@ def lr_scale_factor(rule: str, global_batch: int, nominal_batch: int) -> float:
     raise ValueError(f"lr_scale={rule!r}: allowed values are linear, sqrt, none")
 
 
+# optimizers that keep a second-moment average (their betas are (momentum, beta2))
+ADAM_FAMILY = ("adam", "adamw", "nadam", "radam", "lamb")
+
+
 def _make(
     name: str, groups: list[dict[str, Any]], lr: float, momentum: float, weight_decay: float, cfg: TrainConfig
 ) -> torch.optim.Optimizer:
-    betas = (momentum, 0.999)
+    betas = (momentum, cfg.beta2)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
     if name == "adam":
@@ -240,6 +244,7 @@ def build_optimizer(
         "nominal_batch": cfg.nominal_batch,
         "weight_decay": weight_decay,
         "momentum": momentum,
+        **({"beta2": cfg.beta2} if name in ADAM_FAMILY else {}),
         "backbone_lr_mult": backbone_mult,
         "iters_per_epoch": iters_per_epoch,
         "nominal_iterations": iterations,
@@ -251,7 +256,9 @@ def build_optimizer(
         info["adapt_all"] = cfg.adapt_all
     scale_txt = f" (= {base_lr:.3g} x {scale:.3g}, {cfg.lr_scale} scaling, global batch {global_batch})" if scale != 1 else ""
     info["summary"] = (
-        f"{name} lr0={lr0:.4g}{scale_txt} momentum={momentum} weight_decay={weight_decay:g} ({reason}); groups: "
+        f"{name} lr0={lr0:.4g}{scale_txt} momentum={momentum}"
+        + (f" beta2={cfg.beta2:g}" if name in ADAM_FAMILY else "")
+        + f" weight_decay={weight_decay:g} ({reason}); groups: "
         + ", ".join(f"{g['name']} {g['tensors']} tensors/{g['params']} params lr {g['lr']:.3g} wd {g['weight_decay']:g}"
                     for g in group_info)
     )
