@@ -150,6 +150,7 @@ class TrainConfig(BaseModel):
     o2m: int = Field(0, ge=0, description="DETRs: training-only one-to-many query group (H-DETR), each object matched this many times; 0 off")
     o2m_queries: int | None = Field(None, ge=1, description="DETRs: queries in the one-to-many group (default: the model's query count)")
     enc_o2m: int = Field(0, ge=0, description="DETRs: training-only dense supervision of the encoder: every encoder cell scored, each object matched to this many cells (not only the cells chosen as queries); 0 off")
+    dense_cls: float = Field(0.0, ge=0, description="D-FINE: weight of a training-only per-cell class head on the encoder's maps (focal loss on every cell in the middle of an object); 0 off")
     dn_queries: int | None = Field(None, ge=0, description="DETRs: contrastive denoising budget (training only): groups of each image's boxes, as many as this holds for the batch's fullest image; 0 off; default: the model's (100 for D-FINE)")
     dn_box_noise: float | None = Field(None, ge=0, description="DETRs: denoising box jitter in half box sizes (positives < 1x, negatives 1-2x this); default: the model's (1.0)")
     dn_label_noise: float | None = Field(None, ge=0, le=1, description="DETRs: twice the share of denoising labels flipped at random; default: the model's (0.5)")

@@ -37,6 +37,8 @@ def _options(cfg) -> dict:
         options.update(o2m=int(cfg.o2m), o2m_queries=cfg.o2m_queries)
     if getattr(cfg, "enc_o2m", 0):
         options["enc_o2m"] = int(cfg.enc_o2m)
+    if getattr(cfg, "dense_cls", 0.0):
+        options["dense_cls"] = float(cfg.dense_cls)
     # denoising settings replace the size's own only when given, so older runs rebuild unchanged
     for key, field, cast in (("dn_queries", "num_denoising", int), ("dn_box_noise", "box_noise_scale", float),
                              ("dn_label_noise", "label_noise_ratio", float)):

@@ -15,6 +15,7 @@ from torchvision.ops import box_convert
 
 from detforge.models.base import DetectionModel
 from detforge.models.dfine.decoder import DFineDecoder
+from detforge.models.dfine.dense_class import DenseClassHead, dense_class_loss
 from detforge.models.dfine.encoder import HybridEncoder
 from detforge.models.dfine.hgnetv2 import HGNetv2
 from detforge.models.dfine.postprocess import to_detections, topk_detections
@@ -34,6 +35,8 @@ class DFine(DetectionModel):
     matched one-to-many, each object k times (H-DETR); training only: eval, export and deploy
     outputs are those of the same weights without it. ``enc_o2m`` = k > 0 also supervises every
     encoder cell, matching each object to k of them (training only, the same heads).
+    ``dense_cls`` = w > 0 adds a training-only per-cell class head on the encoder's maps, its
+    focal loss scaled by w (see dense_class); ``deploy`` drops it.
     """
 
     family = "dfine"
@@ -42,7 +45,8 @@ class DFine(DetectionModel):
 
     def __init__(self, size: str, num_classes: int, pretrained: str | None = None,
                  freeze_norm: bool | None = None, loss_options: dict[str, Any] | None = None,
-                 o2m: int = 0, o2m_queries: int | None = None, enc_o2m: int = 0, **overrides: Any) -> None:
+                 o2m: int = 0, o2m_queries: int | None = None, enc_o2m: int = 0, dense_cls: float = 0.0,
+                 **overrides: Any) -> None:
         if int(num_classes) < 1:
             raise ValueError(f"D-FINE: num_classes must be >= 1, got {num_classes}")
         super().__init__(num_classes)
@@ -71,6 +75,11 @@ class DFine(DetectionModel):
         if enc_o2m > 0:
             self._loss_options["enc_o2m_repeats"] = int(enc_o2m)
         self._criterion: list[nn.Module] = []  # built on first use; kept out of the state dict
+        if float(dense_cls) < 0:
+            raise ValueError(f"D-FINE: dense_cls must be >= 0, got {dense_cls}")
+        self.dense_cls = float(dense_cls)
+        if self.dense_cls > 0:
+            self.dense_class_head = DenseClassHead(cfg.enc_dim, self.num_classes)
         self.load_report: dict[str, Any] | None = None
         if pretrained is not None:
             from detforge.models.dfine.weights import load_official
@@ -94,9 +103,16 @@ class DFine(DetectionModel):
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"D-FINE: expected images [B, 3, H, W], got {tuple(images.shape)}")
         norm_targets = self._normalise_targets(targets, images) if targets is not None else None
-        outputs = self.decoder(self.encoder(self.backbone(images)), norm_targets)
+        maps = self.encoder(self.backbone(images))
+        outputs = self.decoder(maps, norm_targets)
         if self.training and norm_targets is not None:
-            return self.criterion()(outputs, norm_targets)
+            losses = self.criterion()(outputs, norm_targets)
+            if hasattr(self, "dense_class_head"):
+                # float32 like the criterion, so fp16/bf16 maps are safe
+                with torch.autocast(images.device.type, enabled=False):
+                    logits = self.dense_class_head([m.float() for m in maps])
+                    losses["loss_densecls"] = self.dense_cls * dense_class_loss(logits, norm_targets)
+            return losses
         return outputs
 
     def _normalise_targets(self, targets: list[dict[str, Tensor]], images: Tensor) -> list[dict[str, Tensor]]:
@@ -158,6 +174,8 @@ class DFine(DetectionModel):
             self.backbone.fuse()
         self.encoder.fuse()
         self.decoder.deploy()
+        if hasattr(self, "dense_class_head"):
+            del self.dense_class_head
         return self
 
     # ---- logs
