@@ -12,7 +12,9 @@ the query selection and the decoder read. Nothing else reads its output; ``DFine
 it, so eval, export and the deploy graph are those of the same weights without it.
 
 Written here because no library offers this assignment over a DETR's encoder maps; the focal
-loss itself is torchvision's.
+loss itself is torchvision's. detforge's ATSS assigner (models/fcos/assigner.py) is not used: it
+keeps the few cells per object best placed to regress its box, where this head wants every cell
+in the object's middle to read the class.
 """
 
 from __future__ import annotations
