@@ -161,6 +161,13 @@ from the image) each left epoch 8 lower on two seeds and the naming at chance, s
 in the recipe. The same images as one class (5 seeds) end at 0.262 ± 0.012 / 0.548 mAP50-95 /
 mAP50 against YOLO11n's 0.059 / 0.159 (3 seeds), leaving the start by epoch 8 in three seeds of
 five (exits at epochs 8, 12, 8, 9, 6).
+Two later switches, both left out (benchmarks/RESULTS.md, "Adam's second-moment window" and "a
+per-cell class head on the encoder"): ``beta2=0.99`` (AdamW averages the gradient scale over
+~100 steps instead of ~1000, four times this run) on the one-class set (4 seeds) reached epoch 8
+higher (mAP50 0.278 against 0.243) but ended lower in every seed (0.246 ± 0.019 against 0.263 ±
+0.014 mAP50-95); ``dense_cls=1`` (a training-only FCOS-style class head on every encoder cell in
+an object's middle) on the four-class set (4 seeds) ended level (0.114 ± 0.023 against 0.111 ±
+0.027) with epoch 8 level (0.101 against 0.097), the naming still near chance.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
