@@ -167,7 +167,8 @@ per-cell class head on the encoder"): ``beta2=0.99`` (AdamW averages the gradien
 higher (mAP50 0.278 against 0.243) but ended lower in every seed (0.246 ± 0.019 against 0.263 ±
 0.014 mAP50-95); ``dense_cls=1`` (a training-only FCOS-style class head on every encoder cell in
 an object's middle) on the four-class set (4 seeds) ended level (0.114 ± 0.023 against 0.111 ±
-0.027) with epoch 8 level (0.101 against 0.097), the naming still near chance.
+0.027) with epoch 8 level (0.101 against 0.097), the naming still near chance; on the one-class set (2
+seeds) it started sooner but ended lower in both (0.222 against 0.263).
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
