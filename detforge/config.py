@@ -118,6 +118,7 @@ class TrainConfig(BaseModel):
     mosaic: float = Field(1.0, ge=0, le=1)
     close_mosaic: int = Field(10, ge=0)
     open_mosaic: int = Field(0, ge=0)
+    mosaic_zoom: float = Field(1.0, ge=0.25, le=1, description="scale of the mosaic's 2x2 canvas on the output: 1 keeps each tile at the training scale and shows about a quarter of each (YOLO); 0.5 shows four whole images at half scale (DEIM's Dense O2O: more, uncut objects per image)")
     mixup: float = Field(0.0, ge=0, le=1)
     mixup_mode: Literal["overlay", "geometry"] = "overlay"
     cutout: float = Field(0.0, ge=0, le=1)
@@ -306,6 +307,7 @@ KEY_HELP: dict[str, str] = {
     "sync_bn": "synchronise BatchNorm statistics across processes",
     "mosaic": "probability of a 4-image mosaic per training sample",
     "close_mosaic": "switch mosaic and mixup off for the last N epochs",
+    "mosaic_zoom": "mosaic canvas scale: 1 = tiles at training scale, cropped (YOLO); 0.5 = four whole images at half scale (DEIM)",
     "open_mosaic": "switch mosaic, mixup and copy-blend on only after the first N epochs (DEIM's plain first stage); 0: from the start",
     "mixup": "probability of MixUp per training sample",
     "mixup_mode": "overlay (blend with a constant weight) or geometry (Zhang et al. 2019: Beta(1.5,1.5) blend, per-box weights)",

@@ -407,3 +407,38 @@ def test_strong_augmentation_off_means_no_mosaic_no_mixup():
     _, _, off = tf(0, _loader(items), 2, np.random.default_rng(0), strong=False)
     assert on == {"mosaic": True, "mixup": "overlay"}
     assert off == {"mosaic": False, "mixup": None}
+
+
+def test_random_affine_zoom_multiplies_the_drawn_scale():
+    # no rotation, shear or translation jitter: the matrix is zoom * s about the centre
+    for zoom in (1.0, 0.5):
+        m = random_affine_matrix(np.random.default_rng(0), (50, 50), 100, degrees=0, translate=0, scale=0, shear=0,
+                                 zoom=zoom)
+        np.testing.assert_allclose(m, [[zoom, 0, 50 - 50 * zoom], [0, zoom, 50 - 50 * zoom], [0, 0, 1]])
+
+
+def test_mosaic_zoom_half_shows_four_whole_tiles_at_half_scale():
+    # four 100 x 100 tiles (stretch to 100), one 40 x 40 object each; zoom 0.5 without scale or
+    # translate jitter: the 200 x 200 canvas lands on the 100 x 100 output, the tiles meet at its
+    # centre, and every object is whole at half its side
+    colors = [RED, GREEN, BLUE, YELLOW]
+    items = []
+    for k in range(4):
+        img, t = scene(100, 100, (30, 30, 70, 70), colors[k])
+        items.append((img, Targets.from_boxes(t.boxes, [k])))
+    cfg = TrainConfig(imgsz=100, mosaic=1.0, mixup=0, mosaic_zoom=0.5, scale=0, translate=0, degrees=0, shear=0,
+                      hsv_h=0, hsv_s=0, hsv_v=0, fliplr=0)
+    tf = TrainTransform(cfg, 100)
+    for seed in range(6):
+        img, t, info = tf(seed % 4, _loader(items), 4, np.random.default_rng(seed))
+        assert info["mosaic"] and len(t.labels) == 4
+        sides = np.stack([t.boxes[:, 2] - t.boxes[:, 0], t.boxes[:, 3] - t.boxes[:, 1]], 1)
+        np.testing.assert_allclose(sides, 20.0, atol=0.5)
+        for box, label in zip(t.boxes, t.labels):
+            # each object sits at (15..35) inside its 50 x 50 quadrant
+            assert min(abs(box[0] - 15), abs(box[0] - 65)) <= 0.5 and min(abs(box[1] - 15), abs(box[1] - 65)) <= 0.5
+            assert fill_fraction(img, box, colors[label], inset=1) > 0.9
+    # zoom 1 (YOLO): the same tiles cropped around a jittered centre show fewer whole objects
+    yolo = TrainTransform(cfg.model_copy(update={"mosaic_zoom": 1.0}), 100)
+    shown = [len(yolo(s % 4, _loader(items), 4, np.random.default_rng(s))[1].labels) for s in range(6)]
+    assert max(shown) < 4

@@ -43,11 +43,13 @@ def random_affine_matrix(
     translate: float,
     scale: float,
     shear: float,
+    zoom: float = 1.0,
 ) -> np.ndarray:
-    """Rotate/scale/shear about ``center`` and move it near the output centre (± translate)."""
+    """Rotate/scale/shear about ``center`` and move it near the output centre (± translate);
+    the drawn scale, uniform in [1 - scale, 1 + scale], is multiplied by ``zoom``."""
     c = translation(-center[0], -center[1])
     a = math.radians(rng.uniform(-degrees, degrees))
-    s = rng.uniform(1 - scale, 1 + scale)
+    s = zoom * rng.uniform(1 - scale, 1 + scale)
     rot = np.array([[s * math.cos(a), s * math.sin(a), 0], [-s * math.sin(a), s * math.cos(a), 0], [0, 0, 1]])
     sh = np.eye(3)
     sh[0, 1] = math.tan(math.radians(rng.uniform(-shear, shear)))

@@ -79,17 +79,21 @@ class TrainTransform:
             img, targets = mixup_geometry(img, targets, img2, t2, rng.beta(*GEOMETRY_BETA))
         return img, targets
 
-    def _affine(self, rng, center):
+    def _affine(self, rng, center, zoom: float = 1.0):
         c = self.cfg
-        return random_affine_matrix(rng, center, self.size, c.degrees, c.translate, c.scale, c.shear)
+        return random_affine_matrix(rng, center, self.size, c.degrees, c.translate, c.scale, c.shear, zoom)
 
     def _geometry(self, index, load, num_items, rng, strong, geometry_mix):
         cfg, s = self.cfg, self.size
         first = self._load(index, load, num_items, rng, geometry_mix)
         if strong and cfg.mosaic > 0 and rng.random() < cfg.mosaic:
             tiles = [first] + [load(int(j)) for j in rng.integers(0, num_items, 3)]
-            center = (int(rng.uniform(s / 2, 1.5 * s)), int(rng.uniform(s / 2, 1.5 * s)))
-            affine = self._affine(rng, (s, s))  # centre of the virtual 2s x 2s canvas
+            # the tiles meet within s/2 of the canvas centre at zoom 1 (YOLO) and at the centre
+            # at zoom 0.5, where the shrunken canvas shows all four tiles whole (DEIM)
+            zoom = getattr(cfg, "mosaic_zoom", 1.0)
+            jitter = s * max(0.0, zoom - 0.5)
+            center = (int(rng.uniform(s - jitter, s + jitter)), int(rng.uniform(s - jitter, s + jitter)))
+            affine = self._affine(rng, (s, s), zoom)  # centre of the virtual 2s x 2s canvas
             img, targets = mosaic4(
                 tiles, s, center, affine, cfg.resize_mode, cfg.min_box_size, cfg.min_box_visibility
             )
