@@ -1,9 +1,10 @@
 """predict -> eval: `detforge predict` on a dataset writes its results in the dataset's image
 and category ids, beside the matching ground truth (save_gt=true), and `detforge eval` on
 those files reproduces `detforge val` on the same split (same conf floor 0 and max_det) to
-1e-5: the two run the model at different batch sizes, and float32 kernels that differ by batch
-move scores by ~1e-7, enough to reorder near-tied detections of a one-epoch model (up to 2e-6
-of mAP50 seen); a real mismatch of ids, boxes or scaling moves mAP by far more. Checked on
+1e-4: the two run the model at different batch sizes, and float32 kernels that differ by batch
+move scores by ~1e-7, enough to reorder near-tied detections of a one-epoch model (2e-6 of
+mAP50 on one CPU, 2.4e-5 on another); a real mismatch of ids, boxes or scaling moves mAP by
+far more. Checked on
 BCCD val (VOC: ids 1..N / 1..K) with an FCOS-n trained for one epoch in the test, and on the
 same split as a COCO folder with its own sparse ids, evaluated against that folder's own
 annotation file."""
@@ -26,7 +27,7 @@ def _metrics(folder) -> dict:
 
 def _assert_same(val: dict, ev: dict) -> None:
     diffs = {k: abs(val[k] - ev[k]) for k in KEYS}
-    assert max(diffs.values()) < 1e-5, {k: (val[k], ev[k]) for k in KEYS}
+    assert max(diffs.values()) < 1e-4, {k: (val[k], ev[k]) for k in KEYS}
     assert (val["tp"], val["fp"], val["fn"]) == (ev["tp"], ev["fp"], ev["fn"])
 
 
