@@ -4,10 +4,9 @@ those files reproduces `detforge val` on the same split (same conf floor 0 and m
 1e-4: the two run the model at different batch sizes, and float32 kernels that differ by batch
 move scores by ~1e-7, enough to reorder near-tied detections of a one-epoch model (2e-6 of
 mAP50 on one CPU, 2.4e-5 on another); a real mismatch of ids, boxes or scaling moves mAP by
-far more. Checked on
-BCCD val (VOC: ids 1..N / 1..K) with an FCOS-n trained for one epoch in the test, and on the
-same split as a COCO folder with its own sparse ids, evaluated against that folder's own
-annotation file."""
+far more. Checked on BCCD val (VOC: ids 1..N / 1..K) with an FCOS-n trained for one epoch in
+the test, and on the same split as a COCO folder with its own sparse ids, evaluated against
+that folder's own annotation file."""
 
 from __future__ import annotations
 
