@@ -176,6 +176,10 @@ against 0.100, 0.129 ± 0.034 against 0.113 ± 0.022 mAP50-95) but spread wider,
 where the cut-off half of a large cell stays in the picture as background, it started later and
 ended lower (3 seeds: epoch-8 mAP50 0.782 against 0.882, 0.760 ± 0.004 / 0.997 against 0.766 /
 1.000), so the visibility threshold stays 0.1.
+Less scale jitter (``scale=0.25`` against 0.5; same file, "less scale jitter") put the two
+slowest seeds of the four-class set ahead at epoch 8 (mAP50 0.111 against 0.080) but the other
+two behind (0.067 and 0.086 against 0.113 and 0.114), level over four (0.094 against 0.097), so
+the jitter stays 0.5.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
