@@ -184,6 +184,10 @@ Screened to epoch 9 on the four-class set and left out (same file, "Adam's windo
 MAL's exponent 0.5"): ``beta2=0.995`` (epoch-8 mAP50 0.089 against 0.097 over four seeds),
 ``dn_queries=0`` and ``mal_gamma=0.5`` (both later than the default on its two slowest seeds:
 0.066 and 0.039 against 0.080), ``mixup=0`` (level at epoch 8, 0.096).
+No colour jitter (``hsv_h=0 hsv_s=0 hsv_v=0``; the synthetic shapes' colours carry no class) left
+the four-class start by epoch 8 in three seeds of four (epoch-8 mAP50 0.140 against 0.097), ended
+it level (0.116 against 0.107) and BCCD-WBC seeds 0 and 1 a little higher (0.779 against 0.769);
+it is measured on too few seeds and sets to be a sparse default yet.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
