@@ -86,20 +86,22 @@ def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
     assert sparse_cls_weight(1.0) == 2.0 and sparse_cls_weight(2.0) == 2.0  # BCCD-WBC 1.0, synthetic-sparse ~1.3
     assert sparse_cls_weight(2.01) is None and sparse_cls_weight(13.0) is None  # BCCD ~13: the criterion's 1
     assert sparse_cls_weight(1.0, from_pretrained=True) is None  # official weights were trained at 1
-    assert sparse_data_defaults(1.3) == {"cls_weight": 2.0, "warmup_epochs": 0.0, "mosaic": 1.0}
+    assert sparse_data_defaults(1.3) == {"cls_weight": 2.0, "warmup_epochs": 0.0, "mosaic": 1.0,
+                                         "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
     assert sparse_data_defaults(13.0) == {} and sparse_data_defaults(1.0, from_pretrained=True) == {}
     with pytest.raises(ValueError, match="no training images"):
         objects_per_image([])
 
 
-@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic", [
-    ((1, 2), {}, 2.0, 0.0, 1.0),  # sparse, from scratch: the sparse settings
-    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0),  # the user's weight stands, the rest from the data
-    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5}, 2.0, 2.0, 0.5),  # the user's trainer settings stand
-    ((4, 6), {}, 1.0, 2.0, 0.5),  # 4-6 objects per image: not sparse, the recipe stands
+@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv", [
+    ((1, 2), {}, 2.0, 0.0, 1.0, (0.0, 0.0, 0.0)),  # sparse, from scratch: the sparse settings
+    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0, (0.0, 0.0, 0.0)),  # the user's weight stands, the rest from the data
+    # the user's trainer settings stand, one colour key alone included
+    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5, "hsv_v": 0.3}, 2.0, 2.0, 0.5, (0.0, 0.0, 0.3)),
+    ((4, 6), {}, 1.0, 2.0, 0.5, (0.015, 0.7, 0.4)),  # 4-6 objects per image: not sparse, the recipe stands
 ])
 def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_path, objects, extra, weight,
-                                                                          warmup, mosaic):
+                                                                          warmup, mosaic, hsv):
     from detforge.data.synthetic import ensure_synthetic
     from detforge.engine.trainer import Trainer
 
@@ -120,6 +122,8 @@ def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_pa
     assert (trainer.cfg.warmup_epochs, trainer.cfg.mosaic) == (warmup, mosaic)
     assert (trainer.schedule.warmup_iters == 0) == (warmup == 0)
     assert trainer.train_set.cfg.mosaic == mosaic
+    assert (trainer.cfg.hsv_h, trainer.cfg.hsv_s, trainer.cfg.hsv_v) == hsv
+    assert (trainer.train_set.cfg.hsv_h, trainer.train_set.cfg.hsv_s, trainer.train_set.cfg.hsv_v) == hsv
     # a checkpoint's reader rebuilds the model with the weight it was trained with
     recorded = trainer.model_options["loss_options"].get("weights", {}).get("mal", 1.0)
     assert recorded == weight
@@ -128,5 +132,6 @@ def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_pa
     why = f"# dfine defaults for sparse data ({per_image:.2f} objects per training image)"
     assert ("mosaic: 1.0  " + why in saved) == (sparse and "mosaic" not in extra)
     assert ("cls_weight: 2.0  " + why in saved) == (sparse and "cls_weight" not in extra)
+    assert ("hsv_s: 0.0  " + why in saved) == sparse
     chosen = "training settings from the training data (dfine-n)" in (trainer.save_dir / "train.log").read_text()
     assert chosen == sparse
