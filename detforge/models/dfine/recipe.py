@@ -189,8 +189,8 @@ No colour jitter (``hsv_h=0 hsv_s=0 hsv_v=0``) is a sparse setting since it held
 sparse proxies at the full budget (benchmarks/RESULTS.md, "no colour jitter at the full budget"):
 the four-class synthetic set (5 seeds) ended level (0.116 ± 0.022 / 0.224 against 0.113 ± 0.022
 / 0.243) and left its start sooner (exits 8, 9, 7, 8, 11 against 11, 9, 8, 9, 11); the one-class
-set (4 seeds) ended higher (0.285 ± 0.022 / 0.548 against 0.263 / 0.552; paired +0.067, +0.023,
--0.012, +0.013; exits 6, 9, 9, 8 against 8, 12, 8, 9); BCCD-WBC (3 seeds) ended higher in every
+set (5 seeds) ended higher (0.284 ± 0.019 / 0.547 against 0.262 / 0.548; paired +0.067, +0.023,
+-0.012, +0.013, +0.022; exits 6, 9, 9, 8, 8 against 8, 12, 8, 9, 6); BCCD-WBC (3 seeds) ended higher in every
 seed (0.782 ± 0.007 / 0.997 against 0.766 ± 0.005 / 1.000; paired +0.006, +0.013, +0.029) with
 the same start (exits 3, 4, 4). With one object per image a DETR's class score learns from about
 one query per image and step; jitter that varies the contrast at the outline the class is read
