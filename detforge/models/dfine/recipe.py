@@ -186,17 +186,17 @@ MAL's exponent 0.5"): ``beta2=0.995`` (epoch-8 mAP50 0.089 against 0.097 over fo
 ``dn_queries=0`` and ``mal_gamma=0.5`` (both later than the default on its two slowest seeds:
 0.066 and 0.039 against 0.080), ``mixup=0`` (level at epoch 8, 0.096).
 No colour jitter (``hsv_h=0 hsv_s=0 hsv_v=0``) is a sparse setting since it held on all three
-sparse proxies at the full budget (benchmarks/RESULTS.md, "no colour jitter at the full budget"):
-the four-class synthetic set (5 seeds) ended level (0.116 ± 0.022 / 0.224 against 0.113 ± 0.022
-/ 0.243) and left its start sooner (exits 8, 9, 7, 8, 11 against 11, 9, 8, 9, 11); the one-class
-set (5 seeds) ended higher (0.284 ± 0.019 / 0.547 against 0.262 / 0.548; paired +0.067, +0.023,
--0.012, +0.013, +0.022; exits 6, 9, 9, 8, 8 against 8, 12, 8, 9, 6); BCCD-WBC (3 seeds) ended higher in every
-seed (0.782 ± 0.007 / 0.997 against 0.766 ± 0.005 / 1.000; paired +0.006, +0.013, +0.029) with
-the same start (exits 3, 4, 4). With one object per image a DETR's class score learns from about
-one query per image and step; jitter that varies the contrast at the outline the class is read
-from slows that more than its robustness repays in a 25-epoch run. Dense sets keep the jitter
-(not measured on BCCD). Over it, ``mixup=0`` was screened to epoch 9 (5 seeds) and left out:
-epoch-8 mAP50 0.090 against 0.126.
+sparse proxies at the full budget (benchmarks/RESULTS.md, "no colour jitter at the full
+budget"): the four-class synthetic set (5 seeds) ended level (0.116 ± 0.022 / 0.224 against
+0.113 ± 0.022 / 0.243) and left its start sooner (exits 8, 9, 7, 8, 11 against 11, 9, 8, 9, 11);
+the one-class set (5 seeds) ended higher (0.284 ± 0.019 / 0.547 against 0.262 / 0.548; paired
++0.067, +0.023, -0.012, +0.013, +0.022; exits 6, 9, 9, 8, 8 against 8, 12, 8, 9, 6); BCCD-WBC (3
+seeds) ended higher in every seed (0.782 ± 0.007 / 0.997 against 0.766 ± 0.005 / 1.000; paired
++0.006, +0.013, +0.029) with the same start (exits 3, 4, 4). With one object per image a DETR's
+class score learns from about one query per image and step; jitter that varies the contrast at
+the outline the class is read from slows that more than its robustness repays in a 25-epoch run.
+Dense sets keep the jitter (not measured on BCCD). Over it, ``mixup=0`` was screened to epoch 9
+(5 seeds) and left out: epoch-8 mAP50 0.090 against 0.126.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 /
 1.25e-4 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU,
 horizontal flips, the per-size multi-scale setting. Run sizes (imgsz, batch, epochs) stay the
