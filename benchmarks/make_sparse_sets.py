@@ -8,6 +8,9 @@ sparse-data benchmarks train on, outside the repository:
                  (160 train / 40 val, 320 px, 4 classes, ~10% background images)
   synthetic_sparse_1class  the same images and boxes with the four shapes as one class
                  ("shape"): finding objects without naming them, as on single-class sets
+  synthetic_sparse_val400  400 more validation images from the same generator (another
+                 seed, no training split): scores a checkpoint with less sampling noise
+                 than the 40-image val split (`detforge val model=... data=...`)
 
     python benchmarks/make_sparse_sets.py --bccd ../shared/datasets/bccd --out /work/data
 """
@@ -26,6 +29,9 @@ from detforge.data.synthetic import ensure_synthetic
 from detforge.records import DetectionData, Sample
 
 SPARSE_SPLIT = {"n_train": 160, "n_val": 40, "size": 320, "seed": 0, "objects": (1, 2)}
+# a larger validation-only sample of the same distribution (benchmarks/RESULTS.md, "what 40
+# validation images can tell at epoch 8")
+SPARSE_VAL400 = {"n_train": 0, "n_val": 400, "size": 320, "seed": 7, "objects": (1, 2)}
 
 
 def one_class(data: DetectionData, name: str) -> tuple[DetectionData, dict[str, int]]:
@@ -93,6 +99,9 @@ def main() -> None:
     else:
         write_dataset(merged(load_dataset(root), "shape"), one_dir, "yolo", link=True)
     print(f"synthetic_sparse_1class: {describe(load_dataset(one_dir))}")
+
+    val400 = ensure_synthetic(args.out / "synthetic_sparse_val400", **SPARSE_VAL400)
+    print(f"synthetic_sparse_val400: {describe(load_dataset(val400))}")
 
 
 if __name__ == "__main__":
