@@ -11,6 +11,7 @@ sparse-data benchmarks train on, outside the repository:
   synthetic_sparse_val400  400 more validation images from the same generator (another
                  seed, no training split): scores a checkpoint with less sampling noise
                  than the 40-image val split (`detforge val model=... data=...`)
+  synthetic_sparse_1class_val400  the same 400 images as one class, for the one-class runs
 
     python benchmarks/make_sparse_sets.py --bccd ../shared/datasets/bccd --out /work/data
 """
@@ -102,6 +103,12 @@ def main() -> None:
 
     val400 = ensure_synthetic(args.out / "synthetic_sparse_val400", **SPARSE_VAL400)
     print(f"synthetic_sparse_val400: {describe(load_dataset(val400))}")
+    one_val_dir = args.out / "synthetic_sparse_1class_val400"
+    if (one_val_dir / "data.yaml").is_file():
+        print(f"{one_val_dir}: exists, kept")
+    else:
+        write_dataset(merged(load_dataset(val400), "shape"), one_val_dir, "yolo", link=True)
+    print(f"synthetic_sparse_1class_val400: {describe(load_dataset(one_val_dir))}")
 
 
 if __name__ == "__main__":
