@@ -90,26 +90,16 @@ def main() -> None:
         print(f"{wbc_dir}: images without a WBC left out: {dropped}")
     print(f"bccd_wbc: {describe(load_dataset(wbc_dir))}")
 
-    spec = dict(SPARSE_SPLIT)
-    root = ensure_synthetic(args.out / "synthetic_sparse", **spec)
-    print(f"synthetic_sparse: {describe(load_dataset(root))}")
-
-    one_dir = args.out / "synthetic_sparse_1class"
-    if (one_dir / "data.yaml").is_file():
-        print(f"{one_dir}: exists, kept")
-    else:
-        write_dataset(merged(load_dataset(root), "shape"), one_dir, "yolo", link=True)
-    print(f"synthetic_sparse_1class: {describe(load_dataset(one_dir))}")
-
-    val400 = ensure_synthetic(args.out / "synthetic_sparse_val400", **SPARSE_VAL400)
-    print(f"synthetic_sparse_val400: {describe(load_dataset(val400))}")
-    one_val_dir = args.out / "synthetic_sparse_1class_val400"
-    if (one_val_dir / "data.yaml").is_file():
-        print(f"{one_val_dir}: exists, kept")
-    else:
-        write_dataset(merged(load_dataset(val400), "shape"), one_val_dir, "yolo", link=True)
-    print(f"synthetic_sparse_1class_val400: {describe(load_dataset(one_val_dir))}")
-
+    for name, spec in (("synthetic_sparse", SPARSE_SPLIT), ("synthetic_sparse_val400", SPARSE_VAL400)):
+        root = ensure_synthetic(args.out / name, **spec)
+        print(f"{name}: {describe(load_dataset(root))}")
+        # the same images and boxes as one class
+        one_dir = args.out / name.replace("synthetic_sparse", "synthetic_sparse_1class")
+        if (one_dir / "data.yaml").is_file():
+            print(f"{one_dir}: exists, kept")
+        else:
+            write_dataset(merged(load_dataset(root), "shape"), one_dir, "yolo", link=True)
+        print(f"{one_dir.name}: {describe(load_dataset(one_dir))}")
 
 if __name__ == "__main__":
     main()
