@@ -101,5 +101,6 @@ def main() -> None:
             write_dataset(merged(load_dataset(root), "shape"), one_dir, "yolo", link=True)
         print(f"{one_dir.name}: {describe(load_dataset(one_dir))}")
 
+
 if __name__ == "__main__":
     main()

@@ -197,9 +197,10 @@ class score learns from about one query per image and step; jitter that varies t
 the outline the class is read from slows that more than its robustness repays in a 25-epoch run.
 Dense sets keep the jitter (not measured on BCCD). Over it, ``mixup=0`` was screened to epoch 9
 (5 seeds) and left out: epoch-8 mAP50 0.090 against 0.126.
-Also screened over them to epoch 9 (four-class set, 5 seeds; benchmarks/RESULTS.md, "a higher
-lr, more MixUp, Copy-Blend") and left out: ``lr0=1.2e-3`` (epoch-8 mAP50 0.126, level),
-``mixup=0.5`` (0.094 against 0.108 over four seeds) and ``copy_blend=0.5`` (0.098).
+Also screened over the sparse settings to epoch 9 (four-class set, 5 seeds;
+benchmarks/RESULTS.md, "a higher lr, more MixUp, Copy-Blend") and left out: ``lr0=1.2e-3``
+(epoch-8 mAP50 0.126, level), ``mixup=0.5`` (0.094 against 0.108 over four seeds) and
+``copy_blend=0.5`` (0.098).
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 / 1.25e-4
 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU, horizontal
 flips, the per-size multi-scale setting. From scratch the clip acts on every step (gradient
