@@ -155,6 +155,7 @@ class TrainConfig(BaseModel):
     dn_queries: int | None = Field(None, ge=0, description="DETRs: contrastive denoising budget (training only): groups of each image's boxes, as many as this holds for the batch's fullest image; 0 off; default: the model's (100 for D-FINE)")
     dn_box_noise: float | None = Field(None, ge=0, description="DETRs: denoising box jitter in half box sizes (positives < 1x, negatives 1-2x this); default: the model's (1.0)")
     dn_label_noise: float | None = Field(None, ge=0, le=1, description="DETRs: twice the share of denoising labels flipped at random; default: the model's (0.5)")
+    dn_label_drop: float | None = Field(None, ge=0, le=1, description="DETRs: share of denoising queries given no label (the 'no class' embedding), so their class is read from the image alone; default: the model's (0)")
     copy_blend: float = Field(0.0, ge=0, le=1, description="probability of blending objects cut from other training images into an image (DEIMv2 Copy-Blend); stops with close_mosaic")
 
     # evaluation

@@ -71,3 +71,28 @@ def test_box_noise_scales_the_jitter():
     assert positives.max() < 0.4 + 1e-4
     # positives never leave the image at either scale here, so they scale exactly (no clipping)
     assert torch.allclose(shifts[0.4][:, 0], 0.4 * shifts[1.0][:, 0], atol=1e-4)
+
+
+def test_label_drop_gives_denoising_queries_no_class():
+    from detforge.models.dfine.denoising import build_denoising_queries
+
+    options = get_spec("dfine-n").options(build_config({"model": "dfine-n", "dn_label_drop": 1.0}))
+    assert options["label_drop_ratio"] == 1.0
+    assert DFine("n", 2, label_drop_ratio=1.0).decoder.label_drop_ratio == 1.0
+    with pytest.raises(ConfigError, match="dn_label_drop"):
+        build_config({"model": "dfine-n", "dn_label_drop": -0.1})
+    torch.manual_seed(0)
+    embed = torch.nn.Embedding(3, 8, padding_idx=2)
+    targets = [{"labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.3, 0.3, 0.1, 0.1]])},
+               {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.6, 0.4, 0.2, 0.2]])}]
+    kept = build_denoising_queries(targets, 2, 10, embed, num_denoising=8, label_noise_ratio=0.0)
+    dropped = build_denoising_queries(targets, 2, 10, embed, num_denoising=8, label_noise_ratio=0.0,
+                                      label_drop_ratio=1.0)
+    # 8 // 2 boxes = 4 groups of [2 positives, 2 negatives]: 16 slots per image; image 1 has one real box
+    # kept: every real slot carries its class's row, the padding slots the zero row
+    labels = torch.tensor([[0, 1] * 8, [1, 2] * 8])
+    assert torch.equal(kept.content, embed(labels))
+    # dropped: every slot carries the padding (no class) row, which is zero and never trained
+    assert torch.equal(dropped.content, torch.zeros_like(dropped.content))
+    # the boxes and groups are the same either way
+    assert dropped.meta["dn_num_group"] == kept.meta["dn_num_group"] == 4

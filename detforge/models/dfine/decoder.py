@@ -66,7 +66,7 @@ class DFineDecoder(nn.Module):
                  dim: int = 256, ffn: int = 1024, heads: int = 8, num_layers: int = 6,
                  num_points: tuple[int, ...] = (3, 6, 3), num_queries: int = 300, reg_max: int = 32,
                  reg_scale: float = 4.0, eval_idx: int = -1, num_denoising: int = 100,
-                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0,
+                 label_noise_ratio: float = 0.5, box_noise_scale: float = 1.0, label_drop_ratio: float = 0.0,
                  anchor_image_size: tuple[int, int] = (640, 640), o2m_queries: int = 0,
                  enc_dense: bool = False) -> None:
         super().__init__()
@@ -86,6 +86,7 @@ class DFineDecoder(nn.Module):
         self.num_denoising = num_denoising
         self.label_noise_ratio = label_noise_ratio
         self.box_noise_scale = box_noise_scale
+        self.label_drop_ratio = label_drop_ratio
         if o2m_queries < 0:
             raise ValueError(f"D-FINE decoder: o2m_queries must be >= 0, got {o2m_queries}")
         self.o2m_queries = int(o2m_queries)
@@ -204,7 +205,8 @@ class DFineDecoder(nn.Module):
         if self.training and self.num_denoising > 0 and targets is not None:
             # tiny inputs can have fewer cells than num_queries: use the count actually selected
             built = build_denoising_queries(targets, self.num_classes, top_memory.shape[1], self.denoising_class_embed,
-                                            self.num_denoising, self.label_noise_ratio, self.box_noise_scale)
+                                            self.num_denoising, self.label_noise_ratio, self.box_noise_scale,
+                                            self.label_drop_ratio)
             if isinstance(built, DenoisingQueries):
                 denoise, dn_meta = built, built.meta
             else:

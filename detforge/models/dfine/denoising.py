@@ -2,7 +2,8 @@
 
 Each ground-truth box is repeated in ``groups`` groups, each holding a positive copy (box jittered
 by less than half its size, to be reconstructed) and a negative copy (jittered by one to two
-half-sizes, to be classified as background). Some labels are flipped at random. An attention mask
+half-sizes, to be classified as background). Some labels are flipped at random; optionally some
+are dropped (the padding index), so those queries carry a box and no class. An attention mask
 keeps the groups from seeing each other and the matching queries from seeing any of them.
 """
 
@@ -37,6 +38,7 @@ def build_denoising_queries(
     num_denoising: int = 100,
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
+    label_drop_ratio: float = 0.0,
 ) -> DenoisingQueries | dict | None:
     """Denoising queries for a batch of targets (``labels`` [N], ``boxes`` [N, 4] normalised cxcywh).
 
@@ -77,6 +79,11 @@ def build_denoising_queries(
         flip = torch.rand(labels.shape, device=device) < label_noise_ratio * 0.5
         random_labels = torch.randint_like(labels, 0, num_classes)
         labels = torch.where(flip & real, random_labels, labels)
+    if label_drop_ratio > 0:
+        # no label at all (the padding embedding): the class loss on these queries can only be
+        # met from the image, where a kept or flipped label hands the class head a shortcut
+        drop = torch.rand(labels.shape, device=device) < label_drop_ratio
+        labels = torch.where(drop & real, torch.full_like(labels, num_classes), labels)
 
     if box_noise_scale > 0:
         corners = box_convert(boxes, "cxcywh", "xyxy")

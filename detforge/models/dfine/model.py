@@ -65,6 +65,7 @@ class DFine(DetectionModel):
             heads=cfg.dec_heads, num_layers=cfg.num_layers, num_points=cfg.num_points, num_queries=cfg.num_queries,
             reg_max=cfg.reg_max, reg_scale=cfg.reg_scale, eval_idx=cfg.eval_idx, num_denoising=cfg.num_denoising,
             label_noise_ratio=cfg.label_noise_ratio, box_noise_scale=cfg.box_noise_scale,
+            label_drop_ratio=cfg.label_drop_ratio,
             o2m_queries=(cfg.num_queries if o2m_queries is None else int(o2m_queries)) if o2m > 0 else 0,
             enc_dense=enc_o2m > 0,
         )

@@ -38,6 +38,7 @@ class DFineSize:
     num_denoising: int = 100
     label_noise_ratio: float = 0.5
     box_noise_scale: float = 1.0
+    label_drop_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if self.backbone not in ARCHS:
