@@ -41,7 +41,8 @@ def _options(cfg) -> dict:
         options["dense_cls"] = float(cfg.dense_cls)
     # denoising settings replace the size's own only when given, so older runs rebuild unchanged
     for key, field, cast in (("dn_queries", "num_denoising", int), ("dn_box_noise", "box_noise_scale", float),
-                             ("dn_label_noise", "label_noise_ratio", float), ("dn_label_drop", "label_drop_ratio", float)):
+                             ("dn_label_noise", "label_noise_ratio", float),
+                             ("dn_label_drop", "label_drop_ratio", float)):
         if getattr(cfg, key, None) is not None:
             options[field] = cast(getattr(cfg, key))
     return options
