@@ -87,21 +87,24 @@ def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
     assert sparse_cls_weight(2.01) is None and sparse_cls_weight(13.0) is None  # BCCD ~13: the criterion's 1
     assert sparse_cls_weight(1.0, from_pretrained=True) is None  # official weights were trained at 1
     assert sparse_data_defaults(1.3) == {"cls_weight": 2.0, "warmup_epochs": 0.0, "mosaic": 1.0,
-                                         "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}
+                                         "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "backbone_lr_mult": 3.0}
     assert sparse_data_defaults(13.0) == {} and sparse_data_defaults(1.0, from_pretrained=True) == {}
     with pytest.raises(ValueError, match="no training images"):
         objects_per_image([])
 
 
-@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv", [
-    ((1, 2), {}, 2.0, 0.0, 1.0, (0.0, 0.0, 0.0)),  # sparse, from scratch: the sparse settings
-    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0, (0.0, 0.0, 0.0)),  # the user's weight stands, the rest from the data
+@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv, backbone", [
+    ((1, 2), {}, 2.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0),  # sparse, from scratch: the sparse settings
+    # the user's weight stands, the rest from the data
+    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0),
     # the user's trainer settings stand, one colour key alone included
-    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5, "hsv_v": 0.3}, 2.0, 2.0, 0.5, (0.0, 0.0, 0.3)),
-    ((4, 6), {}, 1.0, 2.0, 0.5, (0.015, 0.7, 0.4)),  # 4-6 objects per image: not sparse, the recipe stands
+    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5, "hsv_v": 0.3, "backbone_lr_mult": 1.0}, 2.0, 2.0, 0.5,
+     (0.0, 0.0, 0.3), 1.0),
+    # 4-6 objects per image: not sparse, the recipe stands
+    ((4, 6), {}, 1.0, 2.0, 0.5, (0.015, 0.7, 0.4), 1.0),
 ])
 def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_path, objects, extra, weight,
-                                                                          warmup, mosaic, hsv):
+                                                                          warmup, mosaic, hsv, backbone):
     from detforge.data.synthetic import ensure_synthetic
     from detforge.engine.trainer import Trainer
 
@@ -124,6 +127,12 @@ def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_pa
     assert trainer.train_set.cfg.mosaic == mosaic
     assert (trainer.cfg.hsv_h, trainer.cfg.hsv_s, trainer.cfg.hsv_v) == hsv
     assert (trainer.train_set.cfg.hsv_h, trainer.train_set.cfg.hsv_s, trainer.train_set.cfg.hsv_v) == hsv
+    # the optimizer's backbone groups start at the chosen multiple of the others' lr (D-FINE-N's 8e-4)
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert set(groups) == {"backbone_decay", "backbone_no_decay", "decay", "no_decay"}
+    for name, group in groups.items():
+        mult = backbone if name.startswith("backbone_") else 1.0
+        assert group["initial_lr"] == pytest.approx(8e-4 * mult), name
     # a checkpoint's reader rebuilds the model with the weight it was trained with
     recorded = trainer.model_options["loss_options"].get("weights", {}).get("mal", 1.0)
     assert recorded == weight
