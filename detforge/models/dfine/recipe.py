@@ -212,6 +212,20 @@ mAP50 / mAP50-95 against 0.226 ± 0.024 / 0.112; on the 40 validation images it 
 0.242 against 0.224). Three times the denoising budget over it (``dn_queries=300``) reached
 epoch 8 lower than it in both seeds run (0.070 and 0.080 against 0.077 and 0.088). It stays a
 switch.
+The from-scratch backbone at three times the lr (``backbone_lr_mult=3``, 2.4e-3 for N) is a
+sparse setting (benchmarks/RESULTS.md, "the from-scratch backbone at a higher lr" and "the
+backbone at three times the lr over three seeds"). Over seeds 0-2, paired with the settings
+before it and scored on 400 extra images: four classes 0.187 ± 0.007 / 0.331 mAP50-95 / mAP50
+against 0.107 ± 0.015 / 0.215, one class 0.334 ± 0.017 / 0.664 against 0.271 ± 0.020 / 0.575,
+higher in every seed; BCCD-WBC 0.777 ± 0.008 / 0.999 against 0.782 ± 0.007 / 0.997 (paired
+-0.006, -0.006, -0.004), every seed past half its final by epoch 3. The settings before it had
+stalled near 0.19 mAP50 on four classes from epoch 13; the shapes are told apart by backbone
+features, and a fixed AdamW step turns growing random weights ever more slowly. It does not
+start the synthetic sets sooner: epoch-8 mAP50 0.089 against 0.070 (four classes) and 0.237
+against 0.265 (one class) while the end rises, so epoch 8 reaches a smaller share of the final
+(0.27 and 0.36 against 0.33 and 0.46), and the last epochs still climb (last-5 swing 0.040 and
+0.048 on 40 images). Five times (4e-3) reached 0.069 at epoch 8 on four classes' seed 1
+against 0.123 at three times.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 / 1.25e-4
 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU, horizontal
 flips, the per-size multi-scale setting. From scratch the clip acts on every step (gradient
