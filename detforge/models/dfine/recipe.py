@@ -219,8 +219,9 @@ before it and scored on 400 extra images: four classes 0.187 ± 0.007 / 0.331 mA
 against 0.107 ± 0.015 / 0.215, one class 0.334 ± 0.017 / 0.664 against 0.271 ± 0.020 / 0.575,
 higher in every seed; BCCD-WBC 0.777 ± 0.008 / 0.999 against 0.782 ± 0.007 / 0.997 (paired
 -0.006, -0.006, -0.004), every seed past half its final by epoch 3. The settings before it had
-stalled near 0.19 mAP50 on four classes from epoch 13; the shapes are told apart by backbone
-features, and a fixed AdamW step turns growing random weights ever more slowly. It does not
+stalled near 0.19 mAP50 on four classes from epoch 13 (a likely reason, not measured: the
+shapes are told apart by backbone features, and a fixed AdamW step turns growing random weights
+ever more slowly, while the official 8e-4 was set over a pretrained backbone). It does not
 start the synthetic sets sooner: epoch-8 mAP50 0.089 against 0.070 (four classes) and 0.237
 against 0.265 (one class) while the end rises, so epoch 8 reaches a smaller share of the final
 (0.27 and 0.36 against 0.33 and 0.46), and the last epochs still climb (last-5 swing 0.040 and
