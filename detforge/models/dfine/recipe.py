@@ -227,7 +227,8 @@ against 0.265 (one class) while the end rises, so epoch 8 reaches a smaller shar
 (0.27 and 0.36 against 0.33 and 0.46), and the last epochs still climb (last-5 swing 0.040 and
 0.048 on 40 images). Seeds 3 and 4 through the default itself kept the four-class picture
 (five seeds: 0.184 ± 0.017 / 0.325 against 0.113 ± 0.013 / 0.226, every seed higher; epoch 8
-0.083 against 0.070). Five times (4e-3) reached 0.069 at epoch 8 on four classes' seed 1
+0.083 against 0.070), and the one-class picture (five seeds: 0.332 ± 0.014 / 0.657 against
+0.272 ± 0.014 / 0.569, every seed higher; epoch 8 0.245 against 0.274). Five times (4e-3) reached 0.069 at epoch 8 on four classes' seed 1
 against 0.123 at three times.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 / 1.25e-4
 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU, horizontal
