@@ -93,6 +93,10 @@ class TrainConfig(BaseModel):
     ema_warmup: int | Literal["auto"] = Field(
         2000, description="optimizer steps of the EMA decay ramp; auto: sized from the run's length so the final "
         "average spans about its last 15%")
+    precise_bn: int = Field(0, ge=0, description="re-measure the evaluated weights' BatchNorm statistics on up to this "
+                            "many un-augmented training images before each validation (what best.pt / last.pt keep); "
+                            "0 off; D-FINE from scratch sets 256 from the data when the training images average at "
+                            "most 2 objects")
     amp: bool = True
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     accumulate: int = Field(1, ge=1)

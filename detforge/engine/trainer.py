@@ -34,6 +34,7 @@ from detforge.engine.run_log import RunLog
 from detforge.data.check import describe_problems
 from detforge.engine.run_report import PredictionSamples, store_class_thresholds, write_plots
 from detforge.engine.schedule import LRSchedule
+from detforge.engine.precise_bn import recalibrate_batchnorm
 from detforge.engine.sharding import build_eval_loader
 from detforge.engine.validator import evaluate
 from detforge.errors import NonFiniteLossError
@@ -93,6 +94,7 @@ class Trainer:
         self.bad_steps_total = 0
         self.history: list[dict[str, Any]] = []
         self._file_log = None
+        self.bn_loader = None  # precise_bn's images, built in setup
         self._prepared: dict[str, Any] = {}  # model options the family's prepare() chose from the data
         self._from_data: dict[str, Any] = {}  # config keys the family's data_defaults() set
 
@@ -124,6 +126,7 @@ class Trainer:
         self.val_loader = build_eval_loader(
             self.val_set, per_rank * 2, cfg.workers, rank=self.dist.rank, world_size=self.dist.world_size,
         )
+        self.bn_loader = self._precise_bn_loader(train_samples, per_rank * 2)
         # sized on every training image: with ignore_background_epochs the first epochs are
         # shorter, and the schedule must still span the whole run
         world = self.dist.world_size if self.dist.enabled else 1
@@ -152,6 +155,21 @@ class Trainer:
                 self.model_name, self.device, len(self.train_set), len(self.val_set),
                 len(self.names), self.batch_size, cfg.epochs, self.save_dir,
             )
+
+    def _precise_bn_loader(self, train_samples, batch_size: int):
+        """With ``precise_bn``: a loader over up to that many training images, spread over the set and
+        un-augmented (the validation transform); every rank reads the same images, so every rank's
+        evaluated weights get the same statistics without a collective."""
+        n = int(self.cfg.precise_bn)
+        if n <= 0 or not train_samples:
+            return None
+        samples = list(train_samples)
+        chosen = [samples[i * len(samples) // n] for i in range(n)] if n < len(samples) else samples
+        if self.is_main:
+            LOG.info("precise_bn: BatchNorm statistics re-measured on %d un-augmented training images before "
+                     "each validation", len(chosen))
+        dataset = DetectionDataset(chosen, self.cfg, train=False, cache=False)
+        return build_eval_loader(dataset, batch_size, 0)
 
     def _ema_ramp(self) -> int:
         """cfg.ema_warmup, or with ``auto`` the ramp sized from this run's optimizer steps."""
@@ -370,6 +388,8 @@ class Trainer:
 
     def validate(self) -> tuple[dict[str, Any], Any]:
         model = self.ema.module if self.ema else self._plain_model()
+        if self.bn_loader is not None:
+            recalibrate_batchnorm(model, (images for images, _t, _m in self.bn_loader), self.device, self.amp_dtype)
         metrics, evaluator, _ = evaluate(
             model, self.val_loader, self.names, self.cfg.conf, self.cfg.iou_thr, self.device,
             self.amp_dtype, self.cfg.max_det, show=self.is_main and self.cfg.verbose,
