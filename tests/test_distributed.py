@@ -500,7 +500,8 @@ DDP_IMGSZ = 128
 # its random stream, so a single process can replay the same batches
 DDP_BASE = dict(imgsz=DDP_IMGSZ, workers=0, device="cpu", exist_ok=True, plots=False, amp=False, logger="none",
                 verbose=False, epochs=2, warmup_epochs=0, mosaic=0.0, mixup=0.0, copy_blend=0.0, cutout=0.0,
-                fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, multi_scale=0.0)
+                fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0, translate=0.0, scale=0.0, multi_scale=0.0,
+                precise_bn=4)  # every validation re-measures BatchNorm statistics: no collective, no hang
 
 
 @pytest.fixture(scope="module")
