@@ -87,24 +87,25 @@ def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
     assert sparse_cls_weight(2.01) is None and sparse_cls_weight(13.0) is None  # BCCD ~13: the criterion's 1
     assert sparse_cls_weight(1.0, from_pretrained=True) is None  # official weights were trained at 1
     assert sparse_data_defaults(1.3) == {"cls_weight": 2.0, "warmup_epochs": 0.0, "mosaic": 1.0,
-                                         "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "backbone_lr_mult": 3.0}
+                                         "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0, "backbone_lr_mult": 3.0,
+                                         "precise_bn": 256}
     assert sparse_data_defaults(13.0) == {} and sparse_data_defaults(1.0, from_pretrained=True) == {}
     with pytest.raises(ValueError, match="no training images"):
         objects_per_image([])
 
 
-@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv, backbone", [
-    ((1, 2), {}, 2.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0),  # sparse, from scratch: the sparse settings
+@pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv, backbone, precise", [
+    ((1, 2), {}, 2.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0, 256),  # sparse, from scratch: the sparse settings
     # the user's weight stands, the rest from the data
-    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0),
+    ((1, 2), {"cls_weight": 1.0}, 1.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0, 256),
     # the user's trainer settings stand, one colour key alone included
-    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5, "hsv_v": 0.3, "backbone_lr_mult": 1.0}, 2.0, 2.0, 0.5,
-     (0.0, 0.0, 0.3), 1.0),
+    ((1, 2), {"warmup_epochs": 2.0, "mosaic": 0.5, "hsv_v": 0.3, "backbone_lr_mult": 1.0, "precise_bn": 0}, 2.0,
+     2.0, 0.5, (0.0, 0.0, 0.3), 1.0, 0),
     # 4-6 objects per image: not sparse, the recipe stands
-    ((4, 6), {}, 1.0, 2.0, 0.5, (0.015, 0.7, 0.4), 1.0),
+    ((4, 6), {}, 1.0, 2.0, 0.5, (0.015, 0.7, 0.4), 1.0, 0),
 ])
 def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_path, objects, extra, weight,
-                                                                          warmup, mosaic, hsv, backbone):
+                                                                          warmup, mosaic, hsv, backbone, precise):
     from detforge.data.synthetic import ensure_synthetic
     from detforge.engine.trainer import Trainer
 
@@ -133,6 +134,11 @@ def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_pa
     for name, group in groups.items():
         mult = backbone if name.startswith("backbone_") else 1.0
         assert group["initial_lr"] == pytest.approx(8e-4 * mult), name
+    # BatchNorm statistics re-measured before each validation on the (12) training images
+    assert trainer.cfg.precise_bn == precise
+    assert (trainer.bn_loader is not None) == (precise > 0)
+    if precise:
+        assert len(trainer.bn_loader.dataset) == len(trainer.train_set) == 12
     # a checkpoint's reader rebuilds the model with the weight it was trained with
     recorded = trainer.model_options["loss_options"].get("weights", {}).get("mal", 1.0)
     assert recorded == weight

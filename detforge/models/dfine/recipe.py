@@ -258,9 +258,10 @@ SPARSE_OBJECTS_PER_IMAGE = 2.0
 SPARSE_CLS_WEIGHT = 2.0
 # ... and the trainer settings that start such sets sooner and end them higher (module text,
 # "Sparse objects"): no lr warm-up, mosaic on every image, no colour jitter, the random backbone
-# at three times the lr
+# at three times the lr, and BatchNorm statistics re-measured on un-augmented training images
+# before each validation (the training itself unchanged)
 SPARSE_TRAINING = {"warmup_epochs": 0.0, "mosaic": 1.0, "hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0,
-                   "backbone_lr_mult": 3.0}
+                   "backbone_lr_mult": 3.0, "precise_bn": 256}
 
 
 def objects_per_image(samples: Sequence[Any]) -> float:
