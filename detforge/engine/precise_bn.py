@@ -5,8 +5,8 @@ average of them for inference. That average trails the weights: it mixes batches
 older weights (momentum 0.1: about the last ten steps), all of them augmented the training way
 (with ``mosaic=1.0`` every one a four-image mosaic). Early in a from-scratch run the weights move
 fast, and a validation can then score a sound model at ~0: on BCCD-WBC (D-FINE-N, 416 px,
-seed 2) the epoch-7 checkpoint scored 0.006 mAP50-95 as saved and 0.479 once its statistics
-were re-measured, with the weights untouched (benchmarks/RESULTS.md, "BatchNorm statistics
+seed 2) the epoch-7 checkpoint scored 0.006 mAP50-95 as saved and 0.481 once its statistics
+were re-measured here, with the weights untouched (benchmarks/RESULTS.md, "BatchNorm statistics
 re-measured before each validation").
 
 ``recalibrate_batchnorm`` replaces every BatchNorm layer's running mean and variance by the

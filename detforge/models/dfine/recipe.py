@@ -235,8 +235,8 @@ BatchNorm statistics re-measured before each validation (``precise_bn=256``) is 
 setting (benchmarks/RESULTS.md, "BatchNorm statistics re-measured before each validation").
 With mosaic on every image and the backbone at 2.4e-3, the running averages a BatchNorm layer
 keeps for inference trail the weights, and early validations read sound models as ~0: BCCD-WBC
-seed 0 scored 0.002 mAP50-95 at epoch 4 as saved and 0.505 with the same weights' statistics
-re-measured (seed 2's epoch 7: 0.006 and 0.479). The training is unchanged, so the existing
+seed 0 scored 0.002 mAP50-95 at epoch 4 as saved and 0.508 with the same weights' statistics
+re-measured (seed 2's epoch 7: 0.006 and 0.481). The training is unchanged, so the existing
 runs were re-scored: epoch-8 mAP50 on 400 extra images 0.112 ± 0.010 against 0.083 ± 0.024
 (four classes, 5 seeds, every seed higher) and 0.314 ± 0.028 against 0.245 ± 0.066 (one class,
 5 seeds; two seeds past half their final, none before); the end 0.181 / 0.324 against 0.184 /
