@@ -4,6 +4,9 @@ sparse-data benchmarks train on, outside the repository:
   bccd_wbc       BCCD with only its WBC class (about one large WBC per image), BCCD's own
                  train / val split, YOLO layout with symlinked images; images without a WBC
                  are left out (their count is printed)
+  bccd_platelets BCCD with only its Platelets class (1.8 small platelets per image, ~25 px at
+                 416), BCCD's own split, images without a platelet left out: real, small,
+                 sparse objects
   synthetic_sparse  detforge's built-in synthetic generator with 1-2 objects per image
                  (160 train / 40 val, 320 px, 4 classes, ~10% background images)
   synthetic_sparse_1class  the same images and boxes with the four shapes as one class
@@ -81,14 +84,15 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
-    wbc_dir = args.out / "bccd_wbc"
-    if (wbc_dir / "data.yaml").is_file():
-        print(f"{wbc_dir}: exists, kept")
-    else:
-        wbc, dropped = one_class(load_dataset(args.bccd), "WBC")
-        write_dataset(wbc, wbc_dir, "yolo", link=True)
-        print(f"{wbc_dir}: images without a WBC left out: {dropped}")
-    print(f"bccd_wbc: {describe(load_dataset(wbc_dir))}")
+    for cls, dir_name in (("WBC", "bccd_wbc"), ("Platelets", "bccd_platelets")):
+        out_dir = args.out / dir_name
+        if (out_dir / "data.yaml").is_file():
+            print(f"{out_dir}: exists, kept")
+        else:
+            subset, dropped = one_class(load_dataset(args.bccd), cls)
+            write_dataset(subset, out_dir, "yolo", link=True)
+            print(f"{out_dir}: images without a {cls} left out: {dropped}")
+        print(f"{dir_name}: {describe(load_dataset(out_dir))}")
 
     for name, spec in (("synthetic_sparse", SPARSE_SPLIT), ("synthetic_sparse_val400", SPARSE_VAL400)):
         root = ensure_synthetic(args.out / name, **spec)
