@@ -104,7 +104,8 @@ class Detector:
         amp = None
         if cfg.amp and device.type == "cuda":
             amp = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-        metrics, evaluator, _ = evaluate(self.model, loader, self.names, cfg.conf, cfg.iou_thr, device, amp, cfg.max_det)
+        metrics, evaluator, predictions = evaluate(self.model, loader, self.names, cfg.conf, cfg.iou_thr, device, amp,
+                                                   cfg.max_det)
         from detforge.eval.evaluator import fitness
 
         metrics["fitness"] = fitness(metrics, cfg.fitness)
@@ -114,6 +115,8 @@ class Detector:
         (save_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
         if cfg.plots:
             evaluator.save_plots(save_dir)
+        if cfg.save_json:
+            self._save_predictions(save_dir / "predictions.json", data, samples, predictions)
         LOG.info(
             "val %s on %s/%s (%d images): mAP50-95 %.4f  mAP50 %.4f  P %.3f  R %.3f  F1 %.3f  IoU %.3f -> %s",
             self.source, data.root, cfg.split, len(samples), metrics["map50_95"], metrics["map50"],
@@ -124,6 +127,23 @@ class Detector:
                      metrics["segm_map50"], metrics["segm_map75"])
         metrics["save_dir"] = str(save_dir)
         return metrics
+
+    def _save_predictions(self, path: Path, data, samples, predictions: dict) -> None:
+        """Every scored detection (conf floor 0, up to max_det per image: what the mAP ranked) as
+        COCO results in the dataset's image and category ids (`detforge eval` reads them)."""
+        from detforge.data.formats.coco import coco_ids
+        from detforge.infer.commands import coco_results
+
+        image_ids, category_ids = coco_ids(data, samples)
+        rows = []
+        for idx in sorted(predictions):
+            det, rles = predictions[idx]
+            entries = coco_results(det, image_ids[idx], self.names, category_ids)
+            for entry, rle in zip(entries, rles or []):
+                entry["segmentation"] = rle
+            rows.extend(entries)
+        path.write_text(json.dumps(rows))
+        LOG.info("val: %d detections on %d images -> %s", len(rows), len(predictions), path)
 
     # ---------------------------------------------------------------- deployment
     def predictor(self, conf: float | list[float] | None = None, imgsz: int | None = None, device: str = "auto"):

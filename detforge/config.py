@@ -338,7 +338,7 @@ KEY_HELP: dict[str, str] = {
     "split": "dataset split to score / predict on",
     "save": "write images with the predictions drawn",
     "save_txt": "write YOLO-format txt predictions (one file per image)",
-    "save_json": "write COCO-format results json (dataset image and category ids when the source is a dataset)",
+    "save_json": "write COCO-format results (predictions.json; dataset image and category ids when the source is a dataset; val: every detection its mAP ranked)",
     "save_dir": "write the outputs here instead of a numbered run folder",
     "cut_padding": "letterbox models: pad only to the next stride multiple instead of the full square",
     "format": "export format",

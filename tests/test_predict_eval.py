@@ -44,7 +44,7 @@ def test_predict_then_eval_reproduces_val_on_bccd(trained, bccd_root):
     out, best = trained
     conf = "conf=0.1"  # the P/R/F1 threshold of both; the mAP ranks every detection
     assert main(["val", f"model={best}", f"data={bccd_root}", conf, f"save_dir={out / 'val'}", "verbose=false",
-                 "plots=false"]) == 0
+                 "plots=false", "save_json=true"]) == 0
     assert main(["predict", f"model={best}", f"source={bccd_root}", "split=val", "conf=0", "save=false",
                  "save_json=true", "save_gt=true", f"save_dir={out / 'pred'}", "verbose=false"]) == 0
     gt = json.loads((out / "pred" / "gt.json").read_text())
@@ -57,6 +57,14 @@ def test_predict_then_eval_reproduces_val_on_bccd(trained, bccd_root):
     val, ev = _metrics(out / "val"), _metrics(out / "eval")
     assert val["map50"] > 0.005  # a model that finds something: the ranking is not all noise
     _assert_same(val, ev)
+    # val's own predictions.json (save_json=true): the detections it ranked, in the same ids, so
+    # eval on them gives val's figures exactly (the same forward pass, no batch difference)
+    val_preds = json.loads((out / "val" / "predictions.json").read_text())
+    assert {p["image_id"] for p in val_preds} <= {im["id"] for im in gt["images"]} and len(val_preds) > 1000
+    assert main(["eval", f"gt={out / 'pred' / 'gt.json'}", f"pred={out / 'val' / 'predictions.json'}", conf,
+                 f"save_dir={out / 'eval_val'}", "plots=false"]) == 0
+    exact = _metrics(out / "eval_val")
+    assert {k: exact[k] for k in KEYS} == pytest.approx({k: val[k] for k in KEYS}, abs=1e-12)
 
 
 @pytest.mark.slow
@@ -80,7 +88,10 @@ def test_predict_on_a_coco_folder_uses_its_own_ids(trained, bccd_root, tmp_path)
     ann = coco / "annotations" / "instances_val.json"
     image_ids = {im["id"] for im in json.loads(ann.read_text())["images"]}
     assert main(["val", f"model={best}", f"data={coco}", f"save_dir={tmp_path / 'val'}", "verbose=false",
-                 "plots=false"]) == 0
+                 "plots=false", "save_json=true"]) == 0
+    val_preds = json.loads((tmp_path / "val" / "predictions.json").read_text())
+    assert {p["image_id"] for p in val_preds} <= image_ids and min(image_ids) > 1000
+    assert {p["category_id"] for p in val_preds} <= set(category_ids.values())
     assert main(["predict", f"model={best}", f"data={coco}", "conf=0", "save=false", "save_json=true",
                  f"save_dir={tmp_path / 'pred'}", "verbose=false"]) == 0
     preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())

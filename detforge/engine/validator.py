@@ -66,7 +66,8 @@ def _mask_metrics(samples, rles) -> bool:
 
 
 def evaluate(model, loader, names, conf, iou_thr, device, amp_dtype=None, max_det=300, show=True):
-    """Metrics dict and the evaluator (for plots). Samples come from loader.dataset.samples."""
+    """(metrics dict, the evaluator (for plots), {sample index: (Detections, mask RLEs or None)}),
+    the last two on the main rank only. Samples come from loader.dataset.samples."""
     samples = loader.dataset.samples
     per_image = []
     for meta, det in predict_loader(model, loader, device, amp_dtype, max_det, show=show):
@@ -97,6 +98,6 @@ def evaluate(model, loader, names, conf, iou_thr, device, amp_dtype=None, max_de
             evaluator.add(s.boxes, s.labels, det, (s.height, s.width),
                           gt_areas=object_areas(s.boxes, s.polygons, s.height, s.width),
                           crowd_boxes=s.crowd_boxes, crowd_labels=s.crowd_labels, **segms)
-        result = (evaluator.compute(), evaluator, {idx: det for idx, (det, _) in merged.items()})
+        result = (evaluator.compute(), evaluator, merged)
     metrics = dist_utils.broadcast_object(result[0] if result else None)
     return (metrics, result[1], result[2]) if result else (metrics, None, {})
