@@ -248,9 +248,9 @@ benchmarks/RESULTS.md, "BCCD-Platelets") these settings start at epochs 2-4 of 2
 for dense sets: epoch 8, level at the end; YOLO11n: epochs 16-17) with steady last epochs
 (swing 0.024, best - last 0.002), but end behind YOLO11n over 3 seeds: 0.394 ± 0.024 / 0.832
 against 0.427 ± 0.026 / 0.859 mAP50-95 / mAP50, the loss in box fit (AP 0.03-0.09 lower at IoU
-0.55-0.70, level from 0.80). There ``mixup=0`` ended seed 0 at 0.416 (+0.044) and
-``cls_weight=1`` at 0.391 (+0.019); neither is a sparse setting until it holds over seeds and on
-the other proxies (``mixup=0`` reached epoch 8 later on the four-class set, above).
+0.55-0.70, level from 0.80). There ``mixup=0`` ended level over 3 seeds (0.399 ± 0.017 / 0.816;
+seed 0 +0.044, seed 2 -0.037), ``close_mosaic=10`` lower on seed 0 (0.359 against 0.372) and
+``cls_weight=1`` higher on seed 0 (0.391), one seed only; none is in the recipe.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 / 1.25e-4
 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU, horizontal
 flips, the per-size multi-scale setting. From scratch the clip acts on every step (gradient
