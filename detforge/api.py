@@ -138,10 +138,7 @@ class Detector:
         rows = []
         for idx in sorted(predictions):
             det, rles = predictions[idx]
-            entries = coco_results(det, image_ids[idx], self.names, category_ids)
-            for entry, rle in zip(entries, rles or []):
-                entry["segmentation"] = rle
-            rows.extend(entries)
+            rows.extend(coco_results(det, image_ids[idx], self.names, category_ids, rles=rles))
         path.write_text(json.dumps(rows))
         LOG.info("val: %d detections on %d images -> %s", len(rows), len(predictions), path)
 

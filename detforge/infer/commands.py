@@ -52,21 +52,24 @@ def yolo_lines(dets: Detections, width: int, height: int) -> list[str]:
     return lines
 
 
-def coco_results(dets: Detections, image_id, names: list[str], category_ids: list[int] | None = None) -> list[dict]:
+def coco_results(dets: Detections, image_id, names: list[str], category_ids: list[int] | None = None,
+                 rles: list[dict] | None = None) -> list[dict]:
     """COCO results entries (``category_name`` beside each). ``category_id`` is
     ``category_ids[class]``, or the 0-based class index without them. Values are not rounded:
     xywh is the exact float64 difference of the float32 box, so a reader gets the box back.
     Detections with masks also get ``segmentation`` as COCO RLE (what ``detforge eval`` and
-    pycocotools read for the mask mAP)."""
+    pycocotools read for the mask mAP): ``rles`` when the caller already encoded them, else
+    encoded from ``dets.masks``."""
     out = []
     for (x1, y1, x2, y2), score, label in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.labels.tolist()):
         out.append({
             "image_id": image_id, "category_id": int(category_ids[label]) if category_ids else int(label),
             "category_name": names[int(label)], "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score,
         })
-    if dets.masks is not None:
-        for entry, rle in zip(out, encode_masks(dets.masks)):
-            entry["segmentation"] = rle
+    if rles is None and dets.masks is not None:
+        rles = encode_masks(dets.masks)
+    for entry, rle in zip(out, rles or []):
+        entry["segmentation"] = rle
     return out
 
 
