@@ -160,7 +160,7 @@ class TrainConfig(BaseModel):
     dn_box_noise: float | None = Field(None, ge=0, description="DETRs: denoising box jitter in half box sizes (positives < 1x, negatives 1-2x this); default: the model's (1.0)")
     dn_label_noise: float | None = Field(None, ge=0, le=1, description="DETRs: twice the share of denoising labels flipped at random; default: the model's (0.5)")
     dn_label_drop: float | None = Field(None, ge=0, le=1, description="DETRs: share of denoising queries given no label (the 'no class' embedding), so their class is read from the image alone; default: the model's (0)")
-    copy_blend: float = Field(0.0, ge=0, le=1, description="probability of blending objects cut from other training images into an image (DEIMv2 Copy-Blend); stops with close_mosaic")
+    copy_blend: float = Field(0.0, ge=0, le=1, description="probability of blending objects cut from other training images into an image (DEIMv2 Copy-Blend); stops with close_mosaic; D-FINE from scratch sets 0.5 from the data when the training images average at most 2 objects whose median side is under a tenth of the image")
 
     # evaluation
     conf: float = Field(0.5, ge=0, le=1, description="confidence threshold for P/R/F1/IoU")

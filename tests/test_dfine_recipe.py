@@ -9,8 +9,9 @@ import torch
 from detforge.config import build_config
 from detforge.models.dfine import DFine, official_recipe
 from detforge.engine.resolve import resolve_train_config
-from detforge.models.dfine.recipe import (SPARSE_CLS_WEIGHT, no_aug_epochs, objects_per_image, small_data_recipe,
-                                          sparse_cls_weight, sparse_data_defaults)
+from detforge.models.dfine.recipe import (SMALL_OBJECT_SIDE, SPARSE_CLS_WEIGHT, median_object_side, no_aug_epochs,
+                                          objects_per_image, small_data_recipe, sparse_cls_weight,
+                                          sparse_data_defaults)
 from detforge.records import Sample
 
 SIZES = ("n", "s", "m", "l", "x")
@@ -94,6 +95,54 @@ def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
         objects_per_image([])
 
 
+def _set_up_trainer(root, tmp_path, extra: dict):
+    """A D-FINE-N trainer on ``root``, set up (data read, data defaults chosen), not trained."""
+    from detforge.engine.trainer import Trainer
+
+    cfg = resolve_train_config({"model": "dfine-n", "data": str(root), "project": str(tmp_path / "runs"),
+                                "imgsz": 96, "batch": 4, "epochs": 10, "workers": 0, "device": "cpu",
+                                "logger": "none", "plots": False, **extra})
+    trainer = Trainer(cfg)
+    trainer.setup()
+    trainer.log.close()
+    return trainer
+
+
+def test_small_sparse_objects_add_copy_blend():
+    # 10x10 boxes in 100x100 images: side 0.1 of the long side, not under SMALL_OBJECT_SIDE
+    assert SMALL_OBJECT_SIDE == 0.1 and median_object_side(_samples([1, 2, 0])) == pytest.approx(0.1)
+    # sides 0.05 (a 5x5 box), 0.08 (4x16) and 0.3 (a 30x30 box) in 100x60 images: median 0.08
+    small = [Sample("a.jpg", np.array([[0, 0, 5, 5], [10, 10, 14, 26]], np.float32), np.zeros(2, np.int64), 100, 60),
+             Sample("b.jpg", np.array([[0, 0, 30, 30]], np.float32), np.zeros(1, np.int64), 60, 100)]
+    assert median_object_side(small) == pytest.approx(0.08)
+    assert median_object_side(_samples([0, 0])) is None
+    base = sparse_data_defaults(1.3)
+    assert sparse_data_defaults(1.3, object_side=0.08) == {**base, "copy_blend": 0.5}
+    assert sparse_data_defaults(1.3, object_side=0.1) == base  # BCCD-WBC 0.30, synthetic 0.22: as before
+    assert sparse_data_defaults(1.3, object_side=None) == base
+    assert sparse_data_defaults(13.0, object_side=0.05) == {}  # dense sets keep the recipe
+    assert sparse_data_defaults(1.0, from_pretrained=True, object_side=0.05) == {}
+
+
+@pytest.mark.parametrize("extra, blend", [({}, 0.5), ({"copy_blend": 0.0}, 0.0)])
+def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend):
+    """The synthetic shapes shrunk to 4% of the image: a small-object sparse set, so the data
+    layer adds Copy-Blend (and says why in config.yaml) unless the user set it."""
+    from detforge.data.synthetic import ensure_synthetic
+
+    root = ensure_synthetic(tmp_path / "data", n_train=8, n_val=2, size=96, objects=(1, 2))
+    for label in (root / "labels").rglob("*.txt"):
+        rows = [line.split() for line in label.read_text().splitlines() if line.strip()]
+        label.write_text("".join(f"{r[0]} {r[1]} {r[2]} 0.04 0.04\n" for r in rows))
+    trainer = _set_up_trainer(root, tmp_path, extra)
+    assert median_object_side(trainer.train_set.samples) == pytest.approx(0.04)
+    assert trainer.cfg.copy_blend == blend and trainer.train_set.cfg.copy_blend == blend
+    assert trainer.cfg.mosaic == 1.0  # the other sparse settings as on any sparse set
+    saved = (trainer.save_dir / "config.yaml").read_text()
+    assert ("copy_blend: 0.5  # dfine defaults for sparse data" in saved) == (blend == 0.5)
+    assert "median object side 0.040 of the image" in saved
+
+
 @pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv, backbone, precise", [
     ((1, 2), {}, 2.0, 0.0, 1.0, (0.0, 0.0, 0.0), 3.0, 256),  # sparse, from scratch: the sparse settings
     # the user's weight stands, the rest from the data
@@ -107,15 +156,9 @@ def test_sparse_sets_get_twice_the_classification_weight_from_scratch():
 def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_path, objects, extra, weight,
                                                                           warmup, mosaic, hsv, backbone, precise):
     from detforge.data.synthetic import ensure_synthetic
-    from detforge.engine.trainer import Trainer
 
     root = ensure_synthetic(tmp_path / "data", n_train=12, n_val=4, size=96, objects=objects)
-    cfg = resolve_train_config({"model": "dfine-n", "data": str(root), "project": str(tmp_path / "runs"),
-                                "imgsz": 96, "batch": 4, "epochs": 10, "workers": 0, "device": "cpu",
-                                "logger": "none", "plots": False, **extra})
-    trainer = Trainer(cfg)
-    trainer.setup()
-    trainer.log.close()
+    trainer = _set_up_trainer(root, tmp_path, extra)
     per_image = objects_per_image(trainer.train_set.samples)
     sparse = objects == (1, 2)
     assert (per_image <= 2.0) == sparse
@@ -144,7 +187,9 @@ def test_trainer_takes_the_sparse_settings_from_the_data_and_records_them(tmp_pa
     assert recorded == weight
     # config.yaml says which keys the data chose; the run's own log says so too
     saved = (trainer.save_dir / "config.yaml").read_text().splitlines()
-    why = f"# dfine defaults for sparse data ({per_image:.2f} objects per training image)"
+    side = median_object_side(trainer.train_set.samples)
+    why = (f"# dfine defaults for sparse data ({per_image:.2f} objects per training image, "
+           f"median object side {side:.3f} of the image)")
     assert ("mosaic: 1.0  " + why in saved) == (sparse and "mosaic" not in extra)
     assert ("cls_weight: 2.0  " + why in saved) == (sparse and "cls_weight" not in extra)
     assert ("hsv_s: 0.0  " + why in saved) == sparse

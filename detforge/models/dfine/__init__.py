@@ -6,8 +6,8 @@ import logging
 from functools import partial
 
 from detforge.models.dfine.model import DFine
-from detforge.models.dfine.recipe import (SPARSE_OBJECTS_PER_IMAGE, objects_per_image, small_data_recipe,
-                                          sparse_data_defaults)
+from detforge.models.dfine.recipe import (SPARSE_OBJECTS_PER_IMAGE, median_object_side, objects_per_image,
+                                          small_data_recipe, sparse_data_defaults)
 from detforge.models.dfine.sizes import SIZES, official_recipe
 from detforge.models.dfine.weights import load_official
 from detforge.models.zoo import ModelSpec, register
@@ -52,11 +52,13 @@ def _data_defaults(train_samples, pretrained: bool) -> tuple[dict, str]:
     """From scratch on sparse-object training sets: the recipe's settings for them (recipe.py,
     "Sparse objects"); what the user sets wins."""
     per_image = objects_per_image(train_samples)
-    values = sparse_data_defaults(per_image, from_pretrained=pretrained)
+    side = median_object_side(train_samples)
+    values = sparse_data_defaults(per_image, from_pretrained=pretrained, object_side=side)
+    size = "" if side is None else f", median object side {side:.3f} of the image"
     if values:
-        LOG.info("D-FINE: %.2f objects per training image (at most %g), from scratch: %s (keys you set win)",
-                 per_image, SPARSE_OBJECTS_PER_IMAGE, " ".join(f"{k}={v:g}" for k, v in values.items()))
-    return values, f"dfine defaults for sparse data ({per_image:.2f} objects per training image)"
+        LOG.info("D-FINE: %.2f objects per training image (at most %g)%s, from scratch: %s (keys you set win)",
+                 per_image, SPARSE_OBJECTS_PER_IMAGE, size, " ".join(f"{k}={v:g}" for k, v in values.items()))
+    return values, f"dfine defaults for sparse data ({per_image:.2f} objects per training image{size})"
 
 
 def _recipe(size: str):
