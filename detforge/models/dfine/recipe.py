@@ -255,12 +255,15 @@ moving 0.041. Copy-Blend on half the images (``copy_blend`` 0.5) over them, 3 se
 -0.007), every seed's last 5 epochs within 0.020 (0.011 / 0.015 / 0.020 against 0.017 / 0.013
 / 0.041), best = last, exits 2, 3, 2: level on mAP50-95, mAP50 up to YOLO11n's, the seeds and
 the last epochs evened out; the gain is at IoU 0.50-0.55 (0.858 / 0.821 against 0.832 / 0.801),
-the box fit from 0.60 up unchanged. On the large-object proxies Copy-Blend was level (above),
-so it is a sparse setting only where the objects are small: median side under a tenth of the
+the box fit from 0.60 up unchanged. On the large-object proxies Copy-Blend was level within
+seed noise, with a larger late swing on BCCD-WBC (above), so it is a sparse setting only where
+the objects are small: median side under a tenth of the
 image's long side (``SMALL_OBJECT_SIDE``; the platelets 0.06, the white cells 0.30, the
 synthetic shapes 0.22). Also tried there and left out: ``mixup=0`` ended level over 3 seeds
-(0.399 ± 0.017 / 0.816; seed 0 +0.044, seed 2 -0.037), ``close_mosaic=10`` lower on seed 0
-(0.359 against 0.372), ``cls_weight=1`` higher on seed 0 (0.391) and lower on seed 1 (0.387 against 0.392).
+(0.399 ± 0.017 / 0.816; seed 0 +0.044, seed 2 -0.037), ``cls_weight=1`` level over 3 seeds
+(0.389 ± 0.002 / 0.841; paired +0.019, -0.005, -0.029), ``close_mosaic=10`` lower on seed 0
+(0.359 against 0.372) and ``dn_queries=300`` higher on seed 0 (0.393 / 0.896) with its AP up
+at IoU 0.50-0.60 and down from 0.65: more objects found, not tighter boxes; one seed.
 Kept from the official recipe: AdamW, lr 8e-4 (N) .. 2.5e-4 (L, X), weight decay 1e-4 / 1.25e-4
 with none on norms and biases, gradient-norm clip 0.1, EMA decay 0.9999, AMP on GPU, horizontal
 flips, the per-size multi-scale setting. From scratch the clip acts on every step (gradient
