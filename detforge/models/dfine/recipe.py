@@ -258,8 +258,9 @@ the last epochs evened out; the gain is at IoU 0.50-0.55 (0.858 / 0.821 against 
 the box fit from 0.60 up unchanged. On the large-object proxies Copy-Blend was level within
 seed noise, with a larger late swing on BCCD-WBC (above), so it is a sparse setting only where
 the objects are small: median side under a tenth of the image's long side
-(``SMALL_OBJECT_SIDE``; the platelets 0.06, the white cells 0.30, the synthetic shapes 0.22). Also tried there and left out: ``mixup=0`` ended level over 3 seeds
-(0.399 ± 0.017 / 0.816; seed 0 +0.044, seed 2 -0.037), ``cls_weight=1`` level over 3 seeds
+(``SMALL_OBJECT_SIDE``; the platelets 0.06, the white cells 0.30, the synthetic shapes 0.22).
+Also tried there and left out: ``mixup=0`` ended level over 3 seeds (0.399 ± 0.017 / 0.816;
+seed 0 +0.044, seed 2 -0.037), ``cls_weight=1`` level over 3 seeds
 (0.389 ± 0.002 / 0.841; paired +0.019, -0.005, -0.029), ``close_mosaic=10`` lower on seed 0
 (0.359 against 0.372) and ``dn_queries=300`` higher on seed 0 (0.393 / 0.896) with its AP up
 at IoU 0.50-0.60 and down from 0.65: more objects found, not tighter boxes; one seed.
