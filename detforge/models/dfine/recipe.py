@@ -35,9 +35,9 @@ so their separate effects are not measured). What changes, and why:
   (``backbone_lr_mult`` 3.0) and BatchNorm statistics re-measured on up to 256 un-augmented
   training images before each validation (``precise_bn`` 256; the last paragraphs below), and
   on small objects Copy-Blend on half the images (``copy_blend`` 0.5) and half the scale
-  jitter (``scale`` 0.25; "real small sparse objects" below). The model family chooses them once the training split is read
-  (``sparse_data_defaults``; a config layer just above these defaults, recorded in
-  config.yaml); any of them set by the user wins. With
+  jitter (``scale`` 0.25; "real small sparse objects" below). The model family chooses them
+  once the training split is read (``sparse_data_defaults``; a config layer just above these
+  defaults, recorded in config.yaml); any of them set by the user wins. With
   one object per image a DETR gets about one positive query per image and step, and the class
   score, which also picks the encoder's proposals, is what learns slowest. At 416 px, batch 16,
   25 epochs from scratch (benchmarks/RESULTS.md, "twice the classification weight over MAL's
@@ -266,8 +266,8 @@ scale instead of 0.5-1.5) over them, 3 seeds paired ("BCCD-Platelets"): 0.424 ±
 platelet trains at 13-39 px, a quarter of the time under 20 px (about one cell of D-FINE-N's
 finest, stride-16 map); at 0.25 it stays at 20-33 px, near the sizes it is validated at. Its
 last 5 epochs still climb (swing 0.035 ± 0.006: a rise of 0.036 along a fitted line, 0.010 of
-scatter around it; best = last in every seed). A small-object setting beside Copy-Blend: on the synthetic shapes
-(~80 px) the same change was level ("less scale jitter", above).
+scatter around it; best = last in every seed). A small-object setting beside Copy-Blend: on
+the synthetic shapes (~80 px) the same change was level ("less scale jitter", above).
 Also tried there and left out: ``mixup=0`` ended level over 3 seeds (0.399 ± 0.017 / 0.816;
 seed 0 +0.044, seed 2 -0.037), ``cls_weight=1`` level over 3 seeds
 (0.389 ± 0.002 / 0.841; paired +0.019, -0.005, -0.029), ``close_mosaic=10`` lower on seed 0
@@ -348,9 +348,8 @@ def sparse_data_defaults(per_image: float, from_pretrained: bool = False,
     scratch on sparse sets, twice the classification weight, no lr warm-up, mosaic on every
     image, no colour jitter, the backbone at three times the lr and BatchNorm statistics
     re-measured before each validation, and Copy-Blend with half the scale jitter when the
-    median ``object_side``
-    (``median_object_side``) is under ``SMALL_OBJECT_SIDE`` (module text, "Sparse objects");
-    else none (the recipe stands)."""
+    median ``object_side`` (``median_object_side``) is under ``SMALL_OBJECT_SIDE`` (module
+    text, "Sparse objects"); else none (the recipe stands)."""
     weight = sparse_cls_weight(per_image, from_pretrained)
     if weight is None:
         return {}
