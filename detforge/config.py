@@ -128,7 +128,7 @@ class TrainConfig(BaseModel):
     cutout: float = Field(0.0, ge=0, le=1)
     degrees: float = Field(0.0, ge=0, le=180)
     translate: float = Field(0.1, ge=0, le=1)
-    scale: float = Field(0.5, ge=0, lt=1, description="scale jitter: each image or mosaic drawn at [1-x, 1+x] times the training scale; D-FINE from scratch sets 0.25 where it sets copy_blend 0.5 (small sparse objects)")
+    scale: float = Field(0.5, ge=0, lt=1, description="scale jitter: each image or mosaic drawn at [1-x, 1+x] times the training scale; D-FINE from scratch sets 0.1 where it sets copy_blend 0.5 (small sparse objects)")
     shear: float = Field(0.0, ge=0, le=90)
     hsv_h: float = Field(0.015, ge=0, le=1)
     hsv_s: float = Field(0.7, ge=0, le=1)

@@ -117,18 +117,18 @@ def test_small_sparse_objects_add_copy_blend():
     assert median_object_side(small) == pytest.approx(0.08)
     assert median_object_side(_samples([0, 0])) is None
     base = sparse_data_defaults(1.3)
-    assert sparse_data_defaults(1.3, object_side=0.08) == {**base, "copy_blend": 0.5, "scale": 0.25}
+    assert sparse_data_defaults(1.3, object_side=0.08) == {**base, "copy_blend": 0.5, "scale": 0.1}
     assert sparse_data_defaults(1.3, object_side=0.1) == base  # BCCD-WBC 0.30, synthetic 0.22: as before
     assert sparse_data_defaults(1.3, object_side=None) == base
     assert sparse_data_defaults(13.0, object_side=0.05) == {}  # dense sets keep the recipe
     assert sparse_data_defaults(1.0, from_pretrained=True, object_side=0.05) == {}
 
 
-@pytest.mark.parametrize("extra, blend, jitter", [({}, 0.5, 0.25), ({"copy_blend": 0.0}, 0.0, 0.25),
+@pytest.mark.parametrize("extra, blend, jitter", [({}, 0.5, 0.1), ({"copy_blend": 0.0}, 0.0, 0.1),
                                                    ({"scale": 0.5}, 0.5, 0.5)])
 def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter):
     """The synthetic shapes shrunk to 4% of the image: a small-object sparse set, so the data
-    layer adds Copy-Blend and halves the scale jitter (and says why in config.yaml) unless the
+    layer adds Copy-Blend and cuts the scale jitter (and says why in config.yaml) unless the
     user set them."""
     from detforge.data.synthetic import ensure_synthetic
 
@@ -143,7 +143,7 @@ def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter):
     assert trainer.cfg.mosaic == 1.0  # the other sparse settings as on any sparse set
     saved = (trainer.save_dir / "config.yaml").read_text()
     assert ("copy_blend: 0.5  # dfine defaults for sparse data" in saved) == (blend == 0.5)
-    assert ("scale: 0.25  # dfine defaults for sparse data" in saved) == (jitter == 0.25)
+    assert ("scale: 0.1  # dfine defaults for sparse data" in saved) == (jitter == 0.1)
     assert "median object side 0.040 of the image" in saved
 
 
