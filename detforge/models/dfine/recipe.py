@@ -267,9 +267,10 @@ platelet trains at 13-39 px, a quarter of the time under 20 px (about one cell o
 finest, stride-16 map); at 0.25 it stays at 20-33 px, near the sizes it is validated at. Its
 last 5 epochs still climb (swing 0.035 ± 0.006: a rise of 0.036 along a fitted line, 0.010 of
 scatter around it; best = last in every seed). A fifth of the jitter (``scale=0.1``, 0.9-1.1;
-23-29 px), 3 seeds paired with 0.25: 0.433 ± 0.006 / 0.896 ± 0.006 (mAP50-95 +0.007, -0.004, +0.024; mAP50
-+0.028, -0.013, +0.028), AP at IoU 0.50-0.60 higher again (0.896 / 0.886 / 0.867), last 5
-epochs within 0.024 ± 0.011, best - last 0.004: the small-object setting beside Copy-Blend.
+23-29 px), 3 seeds paired with 0.25: 0.433 ± 0.006 / 0.896 ± 0.006 (mAP50-95 +0.007, -0.004,
++0.024; mAP50 +0.028, -0.013, +0.028), AP at IoU 0.50-0.60 higher again (0.896 / 0.886 /
+0.867), last 5 epochs within 0.024 ± 0.011, best - last 0.004: the small-object setting beside
+Copy-Blend.
 On the synthetic shapes (~80 px) half the jitter was level ("less scale jitter", above).
 Also tried there and left out: ``mixup=0`` ended level over 3 seeds (0.399 ± 0.017 / 0.816;
 seed 0 +0.044, seed 2 -0.037), ``cls_weight=1`` level over 3 seeds
