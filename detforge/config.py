@@ -62,7 +62,7 @@ class TrainConfig(BaseModel):
     # schedule
     epochs: int = Field(100, ge=1)
     optimizer: Optimizer = "auto"
-    lr0: float | None = Field(None, gt=0, description="initial lr (default: from the family defaults, else the optimizer's)")
+    lr0: float | None = Field(None, gt=0, description="initial lr (default: from the family defaults, else the optimizer's; D-FINE from scratch on small sparse objects: 1.5 times its size's, the backbone's lr kept)")
     lrf: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of lr0")
     momentum: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, gt=0, lt=1, description="Adam-family second-moment decay")

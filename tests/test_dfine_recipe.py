@@ -9,9 +9,9 @@ import torch
 from detforge.config import build_config
 from detforge.models.dfine import DFine, official_recipe
 from detforge.engine.resolve import resolve_train_config
-from detforge.models.dfine.recipe import (SMALL_OBJECT_SIDE, SPARSE_CLS_WEIGHT, median_object_side, no_aug_epochs,
-                                          objects_per_image, small_data_recipe, sparse_cls_weight,
-                                          sparse_data_defaults)
+from detforge.models.dfine.recipe import (SMALL_OBJECT_SIDE, SMALL_SPARSE_LR_MULT, SPARSE_CLS_WEIGHT,
+                                          median_object_side, no_aug_epochs, objects_per_image,
+                                          small_data_recipe, sparse_cls_weight, sparse_data_defaults)
 from detforge.records import Sample
 
 SIZES = ("n", "s", "m", "l", "x")
@@ -118,18 +118,28 @@ def test_small_sparse_objects_add_copy_blend():
     assert median_object_side(_samples([0, 0])) is None
     base = sparse_data_defaults(1.3)
     assert sparse_data_defaults(1.3, object_side=0.08) == {**base, "copy_blend": 0.5, "scale": 0.1}
+    # given the size's lr0 (N: 8e-4), the rest of the model at 1.5 times it, the backbone's lr kept
+    # at three times the size's (2.4e-3 = 1.2e-3 x 2)
+    assert base["backbone_lr_mult"] == 3.0 and SMALL_SPARSE_LR_MULT == 1.5
+    fast = sparse_data_defaults(1.3, object_side=0.08, lr0=8e-4)
+    assert fast == {**base, "copy_blend": 0.5, "scale": 0.1, "lr0": pytest.approx(1.2e-3),
+                    "backbone_lr_mult": 2.0}
+    assert fast["lr0"] * fast["backbone_lr_mult"] == pytest.approx(3 * 8e-4)
+    assert sparse_data_defaults(1.3, object_side=0.3, lr0=8e-4) == base  # large objects: the lr stays
     assert sparse_data_defaults(1.3, object_side=0.1) == base  # BCCD-WBC 0.30, synthetic 0.22: as before
     assert sparse_data_defaults(1.3, object_side=None) == base
     assert sparse_data_defaults(13.0, object_side=0.05) == {}  # dense sets keep the recipe
     assert sparse_data_defaults(1.0, from_pretrained=True, object_side=0.05) == {}
 
 
-@pytest.mark.parametrize("extra, blend, jitter", [({}, 0.5, 0.1), ({"copy_blend": 0.0}, 0.0, 0.1),
-                                                   ({"scale": 0.5}, 0.5, 0.5)])
-def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter):
+@pytest.mark.parametrize("extra, blend, jitter, lr0, backbone", [
+    ({}, 0.5, 0.1, 1.2e-3, 2.0), ({"copy_blend": 0.0}, 0.0, 0.1, 1.2e-3, 2.0),
+    ({"scale": 0.5}, 0.5, 0.5, 1.2e-3, 2.0), ({"lr0": 5e-4}, 0.5, 0.1, 5e-4, 2.0),
+    ({"lr0": 5e-4, "backbone_lr_mult": 3.0}, 0.5, 0.1, 5e-4, 3.0)])
+def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, lr0, backbone):
     """The synthetic shapes shrunk to 4% of the image: a small-object sparse set, so the data
-    layer adds Copy-Blend and cuts the scale jitter (and says why in config.yaml) unless the
-    user set them."""
+    layer adds Copy-Blend, cuts the scale jitter and raises the lr of all but the backbone (and
+    says why in config.yaml) unless the user set them."""
     from detforge.data.synthetic import ensure_synthetic
 
     root = ensure_synthetic(tmp_path / "data", n_train=8, n_val=2, size=96, objects=(1, 2))
@@ -144,6 +154,11 @@ def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter):
     saved = (trainer.save_dir / "config.yaml").read_text()
     assert ("copy_blend: 0.5  # dfine defaults for sparse data" in saved) == (blend == 0.5)
     assert ("scale: 0.1  # dfine defaults for sparse data" in saved) == (jitter == 0.1)
+    assert trainer.cfg.lr0 == pytest.approx(lr0) and trainer.cfg.backbone_lr_mult == backbone
+    assert ("lr0: 0.0012  # dfine defaults for sparse data" in saved) == ("lr0" not in extra)
+    # the optimizer's groups: the backbone at lr0 x backbone_lr_mult, the rest at lr0
+    lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs["backbone_decay"] == pytest.approx(lr0 * backbone) and lrs["decay"] == pytest.approx(lr0)
     assert "median object side 0.040 of the image" in saved
 
 
