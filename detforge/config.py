@@ -311,7 +311,7 @@ KEY_HELP: dict[str, str] = {
     "parallel": "multi-process training: ddp, zero1 (sharded optimizer) or fsdp (FSDP2)",
     "sync_bn": "synchronise BatchNorm statistics across processes",
     "mosaic": "probability of a 4-image mosaic per training sample",
-    "close_mosaic": "switch mosaic and mixup off for the last N epochs",
+    "close_mosaic": "switch mosaic, mixup and copy-blend off for the last N epochs (D-FINE: 15% of the epochs; a quarter from scratch on small sparse objects)",
     "mosaic_zoom": "mosaic canvas scale: 1 = tiles at training scale, cropped (YOLO); 0.5 = four whole images at half scale (DEIM)",
     "open_mosaic": "switch mosaic, mixup and copy-blend on only after the first N epochs (DEIM's plain first stage); 0: from the start",
     "mixup": "probability of MixUp per training sample",

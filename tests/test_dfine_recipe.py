@@ -9,7 +9,8 @@ import torch
 from detforge.config import build_config
 from detforge.models.dfine import DFine, official_recipe
 from detforge.engine.resolve import resolve_train_config
-from detforge.models.dfine.recipe import (SMALL_OBJECT_SIDE, SMALL_SPARSE_LR_MULT, SPARSE_CLS_WEIGHT,
+from detforge.models.dfine.recipe import (SMALL_OBJECT_SIDE, SMALL_SPARSE_LR_MULT, SMALL_SPARSE_NO_AUG_FRACTION,
+                                          SPARSE_CLS_WEIGHT,
                                           median_object_side, no_aug_epochs, objects_per_image,
                                           small_data_recipe, sparse_cls_weight, sparse_data_defaults)
 from detforge.records import Sample
@@ -125,6 +126,11 @@ def test_small_sparse_objects_add_copy_blend():
     assert fast == {**base, "copy_blend": 0.5, "scale": 0.1, "lr0": pytest.approx(1.2e-3),
                     "backbone_lr_mult": 2.0}
     assert fast["lr0"] * fast["backbone_lr_mult"] == pytest.approx(3 * 8e-4)
+    # given the run's length, a no-augmentation tail of a quarter of it (the recipe's: 15%)
+    assert SMALL_SPARSE_NO_AUG_FRACTION == 0.25
+    assert sparse_data_defaults(1.3, object_side=0.08, lr0=8e-4, epochs=25) == {**fast, "close_mosaic": 6}
+    assert no_aug_epochs(25) == 4 and no_aug_epochs(100, SMALL_SPARSE_NO_AUG_FRACTION) == 25
+    assert sparse_data_defaults(1.3, object_side=0.3, lr0=8e-4, epochs=25) == base  # large objects: as they were
     assert sparse_data_defaults(1.3, object_side=0.3, lr0=8e-4) == base  # large objects: the lr stays
     assert sparse_data_defaults(1.3, object_side=0.1) == base  # BCCD-WBC 0.30, synthetic 0.22: as before
     assert sparse_data_defaults(1.3, object_side=None) == base
@@ -132,21 +138,21 @@ def test_small_sparse_objects_add_copy_blend():
     assert sparse_data_defaults(1.0, from_pretrained=True, object_side=0.05) == {}
 
 
-@pytest.mark.parametrize("extra, blend, jitter, lr0, backbone", [
-    ({}, 0.5, 0.1, 1.2e-3, 2.0), ({"copy_blend": 0.0}, 0.0, 0.1, 1.2e-3, 2.0),
-    ({"scale": 0.5}, 0.5, 0.5, 1.2e-3, 2.0), ({"lr0": 5e-4}, 0.5, 0.1, 5e-4, 2.0),
-    ({"lr0": 5e-4, "backbone_lr_mult": 3.0}, 0.5, 0.1, 5e-4, 3.0)])
-def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, lr0, backbone):
+@pytest.mark.parametrize("extra, blend, jitter, lr0, backbone, tail", [
+    ({}, 0.5, 0.1, 1.2e-3, 2.0, 3), ({"copy_blend": 0.0}, 0.0, 0.1, 1.2e-3, 2.0, 3),
+    ({"scale": 0.5}, 0.5, 0.5, 1.2e-3, 2.0, 3), ({"lr0": 5e-4}, 0.5, 0.1, 5e-4, 2.0, 3),
+    ({"lr0": 5e-4, "backbone_lr_mult": 3.0}, 0.5, 0.1, 5e-4, 3.0, 3), ({"close_mosaic": 1}, 0.5, 0.1, 1.2e-3, 2.0, 1)])
+def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, lr0, backbone, tail):
     """The synthetic shapes shrunk to 4% of the image: a small-object sparse set, so the data
-    layer adds Copy-Blend, cuts the scale jitter and raises the lr of all but the backbone (and
-    says why in config.yaml) unless the user set them."""
+    layer adds Copy-Blend, cuts the scale jitter, raises the lr of all but the backbone and
+    lengthens the no-augmentation tail (and says why in config.yaml) unless the user set them."""
     from detforge.data.synthetic import ensure_synthetic
 
     root = ensure_synthetic(tmp_path / "data", n_train=8, n_val=2, size=96, objects=(1, 2))
     for label in (root / "labels").rglob("*.txt"):
         rows = [line.split() for line in label.read_text().splitlines() if line.strip()]
         label.write_text("".join(f"{r[0]} {r[1]} {r[2]} 0.04 0.04\n" for r in rows))
-    trainer = _set_up_trainer(root, tmp_path, extra)
+    trainer = _set_up_trainer(root, tmp_path, {"epochs": 12, **extra})
     assert median_object_side(trainer.train_set.samples) == pytest.approx(0.04)
     assert trainer.cfg.copy_blend == blend and trainer.train_set.cfg.copy_blend == blend
     assert trainer.cfg.scale == jitter and trainer.train_set.cfg.scale == jitter
@@ -160,6 +166,9 @@ def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, 
     lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert lrs["backbone_decay"] == pytest.approx(lr0 * backbone) and lrs["decay"] == pytest.approx(lr0)
     assert "median object side 0.040 of the image" in saved
+    # a quarter of the 12 epochs without mosaic / MixUp / Copy-Blend (the recipe's 15%: 2)
+    assert trainer.cfg.close_mosaic == tail and no_aug_epochs(12) == 2
+    assert ("close_mosaic: 3  # dfine defaults for sparse data" in saved) == ("close_mosaic" not in extra)
 
 
 @pytest.mark.parametrize("objects, extra, weight, warmup, mosaic, hsv, backbone, precise", [

@@ -43,7 +43,7 @@ def apply_data_defaults(resolved: ResolvedConfig, train_samples: list, model_giv
     spec = get_spec(cfg.model)
     if spec.data_defaults is None:
         return resolved, {}
-    values, reason = spec.data_defaults(train_samples, bool(cfg.pretrained))
+    values, reason = spec.data_defaults(train_samples, bool(cfg.pretrained), cfg.epochs)
     out = apply_data_layer(resolved, reason, values)
     return out, {k: getattr(out.cfg, k) for k in values if out.sources.get(k) == reason}
 

@@ -19,10 +19,11 @@ so the configuration can be resolved once, with no family names in the engine:
   data is read and before the model is built, with the train split's ``Sample`` records. It
   returns constructor keyword arguments that are merged over ``options(cfg)``: settings that
   depend on the data, e.g. anchors fitted to the training boxes (``anchors=auto``).
-- ``data_defaults(train_samples, pretrained)``: optional; training settings the family chooses
-  from the train split's ``Sample`` records, as ``(TrainConfig keys, reason)``; called at the
-  same point as ``prepare``. They form a layer just above the family defaults (a key the user,
-  recipe= or a resumed run set wins; engine/resolve.py), recorded in config.yaml with the reason.
+- ``data_defaults(train_samples, pretrained, epochs)``: optional; training settings the family
+  chooses from the train split's ``Sample`` records and the run's length, as ``(TrainConfig
+  keys, reason)``; called at the same point as ``prepare``. They form a layer just above the
+  family defaults (a key the user, recipe= or a resumed run set wins; engine/resolve.py),
+  recorded in config.yaml with the reason.
 
 What the engine needs from a *built* model (stride, loss grouping for logs, backbone prefixes,
 post-processing, export forward) is on ``DetectionModel`` (models/base.py).
@@ -57,7 +58,7 @@ class ModelSpec:
     load_weights: Callable[[DetectionModel, str], Any] | None = None
     published: dict[str, Any] = field(default_factory=dict)
     prepare: Callable[[Any, list], dict[str, Any]] | None = None
-    data_defaults: Callable[[list, bool], tuple[dict[str, Any], str]] | None = None
+    data_defaults: Callable[[list, bool, int], tuple[dict[str, Any], str]] | None = None
     detr: bool = False  # reads the DETR-only training keys (config.DETR_KEYS)
 
 

@@ -48,14 +48,14 @@ def _options(cfg) -> dict:
     return options
 
 
-def _data_defaults(model_size: str, train_samples, pretrained: bool) -> tuple[dict, str]:
+def _data_defaults(model_size: str, train_samples, pretrained: bool, epochs: int) -> tuple[dict, str]:
     """From scratch on sparse-object training sets: the recipe's settings for them (recipe.py,
     "Sparse objects"); what the user sets wins."""
     per_image = objects_per_image(train_samples)
     # the object size only matters on sparse sets, where it is also cheap to measure
     side = median_object_side(train_samples) if per_image <= SPARSE_OBJECTS_PER_IMAGE else None
     values = sparse_data_defaults(per_image, from_pretrained=pretrained, object_side=side,
-                                  lr0=official_recipe(model_size, "custom")["lr0"])
+                                  lr0=official_recipe(model_size, "custom")["lr0"], epochs=epochs)
     size = "" if side is None else f", median object side {side:.3f} of the image"
     if values:
         LOG.info("D-FINE: %.2f objects per training image (at most %g)%s, from scratch: %s (keys you set win)",

@@ -337,6 +337,9 @@ SMALL_SPARSE_TRAINING = {"copy_blend": 0.5, "scale": 0.1}
 # ... and train the encoder and decoder at this multiple of the size's lr0, the backbone where
 # SPARSE_TRAINING has it (three times the size's lr0): those runs were still climbing at the end
 SMALL_SPARSE_LR_MULT = 1.5
+# ... and end on a longer no-augmentation tail (a quarter of the epochs instead of
+# NO_AUG_FRACTION): those runs gained most in the epochs without mosaic
+SMALL_SPARSE_NO_AUG_FRACTION = 0.25
 
 
 def objects_per_image(samples: Sequence[Any]) -> float:
@@ -362,16 +365,17 @@ def sparse_cls_weight(per_image: float, from_pretrained: bool = False) -> float 
     return SPARSE_CLS_WEIGHT
 
 
-def sparse_data_defaults(per_image: float, from_pretrained: bool = False,
-                         object_side: float | None = None, lr0: float | None = None) -> dict[str, Any]:
+def sparse_data_defaults(per_image: float, from_pretrained: bool = False, object_side: float | None = None,
+                         lr0: float | None = None, epochs: int | None = None) -> dict[str, Any]:
     """TrainConfig keys for a training set averaging ``per_image`` objects per image: from
     scratch on sparse sets, twice the classification weight, no lr warm-up, mosaic on every
     image, no colour jitter, the backbone at three times the lr and BatchNorm statistics
     re-measured before each validation; when the median ``object_side``
     (``median_object_side``) is under ``SMALL_OBJECT_SIDE``, also Copy-Blend, a fifth of the
-    scale jitter and, given the size's recipe ``lr0``, the rest of the model at
-    ``SMALL_SPARSE_LR_MULT`` times it with the backbone's lr kept (module text, "Sparse
-    objects"); else none (the recipe stands)."""
+    scale jitter, given the size's recipe ``lr0`` the rest of the model at
+    ``SMALL_SPARSE_LR_MULT`` times it with the backbone's lr kept, and given the run's
+    ``epochs`` a no-augmentation tail of ``SMALL_SPARSE_NO_AUG_FRACTION`` of them (module
+    text, "Sparse objects"); else none (the recipe stands)."""
     weight = sparse_cls_weight(per_image, from_pretrained)
     if weight is None:
         return {}
@@ -381,14 +385,17 @@ def sparse_data_defaults(per_image: float, from_pretrained: bool = False,
         if lr0 is not None:
             values["lr0"] = round(lr0 * SMALL_SPARSE_LR_MULT, 12)  # 0.0012, not 0.0012000000000000001
             values["backbone_lr_mult"] = SPARSE_TRAINING["backbone_lr_mult"] / SMALL_SPARSE_LR_MULT
+        if epochs is not None:
+            values["close_mosaic"] = no_aug_epochs(epochs, SMALL_SPARSE_NO_AUG_FRACTION)
     return values
 
 
-def no_aug_epochs(epochs: int) -> int:
-    """Final epochs without mosaic / MixUp for a run of ``epochs``: about 15%, at least 1."""
+def no_aug_epochs(epochs: int, fraction: float = NO_AUG_FRACTION) -> int:
+    """Final epochs without mosaic / MixUp for a run of ``epochs``: ``fraction`` of them (15%),
+    at least 1."""
     if int(epochs) < 1:
         raise ValueError(f"D-FINE recipe: epochs must be >= 1, got {epochs}")
-    return max(1, round(NO_AUG_FRACTION * int(epochs)))
+    return max(1, round(fraction * int(epochs)))
 
 
 def small_data_recipe(size: str, epochs: int | None = None, from_pretrained: bool = False) -> dict[str, Any]:
