@@ -291,8 +291,8 @@ instead of 4), 4 seeds paired (the same training up to epoch 19): 0.451 ± 0.017
 against 0.447 ± 0.010 / 0.896 ± 0.016 (mAP50-95 +0.017, +0.007, -0.002, -0.006), level within
 seed noise, while the last 5 epochs move less in every seed (swing 0.019 ± 0.014 against 0.035
 ± 0.015; per seed 0.036 / 0.004 / 0.023 / 0.012 against 0.047 / 0.019 / 0.050 / 0.026), the
-box fit unchanged (AP at IoU 0.50-0.80 within 0.012). ``close_mosaic=8`` ended seeds 0-1 at
-0.470 / 0.448 (swing 0.024 / 0.020).
+box fit unchanged (AP at IoU 0.50-0.80 within 0.012). ``close_mosaic=8`` was level with 6
+over seeds 0-2 (0.455 ± 0.013 against 0.456 ± 0.016; swing 0.018 against 0.021).
 On the synthetic shapes (~80 px) half the jitter was level ("less scale jitter", above).
 Also tried there and left out: ``mixup=0`` ended level over 3 seeds (0.399 ± 0.017 / 0.816;
 seed 0 +0.044, seed 2 -0.037), ``cls_weight=1`` level over 3 seeds
