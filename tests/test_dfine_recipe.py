@@ -10,8 +10,7 @@ from detforge.config import build_config
 from detforge.models.dfine import DFine, official_recipe
 from detforge.engine.resolve import resolve_train_config
 from detforge.models.dfine.recipe import (SMALL_OBJECT_SIDE, SMALL_SPARSE_LR_MULT, SMALL_SPARSE_NO_AUG_FRACTION,
-                                          SPARSE_CLS_WEIGHT,
-                                          median_object_side, no_aug_epochs, objects_per_image,
+                                          SPARSE_CLS_WEIGHT, median_object_side, no_aug_epochs, objects_per_image,
                                           small_data_recipe, sparse_cls_weight, sparse_data_defaults)
 from detforge.records import Sample
 
