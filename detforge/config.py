@@ -62,12 +62,13 @@ class TrainConfig(BaseModel):
     # schedule
     epochs: int = Field(100, ge=1)
     optimizer: Optimizer = "auto"
-    lr0: float | None = Field(None, gt=0, description="initial lr (default: from the family defaults, else the optimizer's; D-FINE from scratch on small sparse objects: 1.5 times its size's, the backbone's lr kept)")
+    lr0: float | None = Field(None, gt=0, description="initial lr (default: from the family defaults, else the optimizer's)")
     lrf: float = Field(0.01, ge=0, le=1, description="final lr as a fraction of lr0")
     momentum: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, gt=0, lt=1, description="Adam-family second-moment decay")
     weight_decay: float | None = Field(None, ge=0)
     backbone_lr_mult: float | None = Field(None, gt=0, description="backbone lr = lr0 * this")
+    head_lr_mult: float | None = Field(None, gt=0, description="lr of everything outside the backbone (neck, encoder, decoder, heads) = lr0 * this; default 1, D-FINE from scratch on small sparse objects 1.5 (its backbone_lr_mult stays 3), so a lr0 you set scales both")
     scheduler: Scheduler = "cosine"
     lr_tail_epochs: float = Field(0, ge=0, description="cosine/linear/onecycle: the decay reaches lrf this many epochs before the end and the lr stays at lrf for them (DEIM's flat tail)")
     warmup_epochs: float = Field(3.0, ge=0)

@@ -117,31 +117,26 @@ def test_small_sparse_objects_add_copy_blend():
     assert median_object_side(small) == pytest.approx(0.08)
     assert median_object_side(_samples([0, 0])) is None
     base = sparse_data_defaults(1.3)
-    assert sparse_data_defaults(1.3, object_side=0.08) == {**base, "copy_blend": 0.5, "scale": 0.1}
-    # given the size's lr0 (N: 8e-4), the rest of the model at 1.5 times it, the backbone's lr kept
-    # at three times the size's (2.4e-3 = 1.2e-3 x 2)
-    assert base["backbone_lr_mult"] == 3.0 and SMALL_SPARSE_LR_MULT == 1.5
-    fast = sparse_data_defaults(1.3, object_side=0.08, lr0=8e-4)
-    assert fast == {**base, "copy_blend": 0.5, "scale": 0.1, "lr0": pytest.approx(1.2e-3),
-                    "backbone_lr_mult": 2.0}
-    assert fast["lr0"] * fast["backbone_lr_mult"] == pytest.approx(3 * 8e-4)
+    # the rest of the model at 1.5 times lr0, the backbone at three times it as on any sparse set
+    assert base["backbone_lr_mult"] == 3.0 and SMALL_SPARSE_LR_MULT == 1.5 and "head_lr_mult" not in base
+    fast = sparse_data_defaults(1.3, object_side=0.08)
+    assert fast == {**base, "copy_blend": 0.5, "scale": 0.1, "head_lr_mult": 1.5}
     # given the run's length, a no-augmentation tail of a quarter of it (the recipe's: 15%)
     assert SMALL_SPARSE_NO_AUG_FRACTION == 0.25
-    assert sparse_data_defaults(1.3, object_side=0.08, lr0=8e-4, epochs=25) == {**fast, "close_mosaic": 6}
+    assert sparse_data_defaults(1.3, object_side=0.08, epochs=25) == {**fast, "close_mosaic": 6}
     assert no_aug_epochs(25) == 4 and no_aug_epochs(100, SMALL_SPARSE_NO_AUG_FRACTION) == 25
-    assert sparse_data_defaults(1.3, object_side=0.3, lr0=8e-4, epochs=25) == base  # large objects: as they were
-    assert sparse_data_defaults(1.3, object_side=0.3, lr0=8e-4) == base  # large objects: the lr stays
+    assert sparse_data_defaults(1.3, object_side=0.3, epochs=25) == base  # large objects: as they were
     assert sparse_data_defaults(1.3, object_side=0.1) == base  # BCCD-WBC 0.30, synthetic 0.22: as before
     assert sparse_data_defaults(1.3, object_side=None) == base
     assert sparse_data_defaults(13.0, object_side=0.05) == {}  # dense sets keep the recipe
     assert sparse_data_defaults(1.0, from_pretrained=True, object_side=0.05) == {}
 
 
-@pytest.mark.parametrize("extra, blend, jitter, lr0, backbone, tail", [
-    ({}, 0.5, 0.1, 1.2e-3, 2.0, 3), ({"copy_blend": 0.0}, 0.0, 0.1, 1.2e-3, 2.0, 3),
-    ({"scale": 0.5}, 0.5, 0.5, 1.2e-3, 2.0, 3), ({"lr0": 5e-4}, 0.5, 0.1, 5e-4, 2.0, 3),
-    ({"lr0": 5e-4, "backbone_lr_mult": 3.0}, 0.5, 0.1, 5e-4, 3.0, 3), ({"close_mosaic": 1}, 0.5, 0.1, 1.2e-3, 2.0, 1)])
-def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, lr0, backbone, tail):
+@pytest.mark.parametrize("extra, blend, jitter, lr0, head, tail", [
+    ({}, 0.5, 0.1, 8e-4, 1.5, 3), ({"copy_blend": 0.0}, 0.0, 0.1, 8e-4, 1.5, 3),
+    ({"scale": 0.5}, 0.5, 0.5, 8e-4, 1.5, 3), ({"lr0": 5e-4}, 0.5, 0.1, 5e-4, 1.5, 3),
+    ({"lr0": 5e-4, "head_lr_mult": 1.0}, 0.5, 0.1, 5e-4, 1.0, 3), ({"close_mosaic": 1}, 0.5, 0.1, 8e-4, 1.5, 1)])
+def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, lr0, head, tail):
     """The synthetic shapes shrunk to 4% of the image: a small-object sparse set, so the data
     layer adds Copy-Blend, cuts the scale jitter, raises the lr of all but the backbone and
     lengthens the no-augmentation tail (and says why in config.yaml) unless the user set them."""
@@ -159,11 +154,13 @@ def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, 
     saved = (trainer.save_dir / "config.yaml").read_text()
     assert ("copy_blend: 0.5  # dfine defaults for sparse data" in saved) == (blend == 0.5)
     assert ("scale: 0.1  # dfine defaults for sparse data" in saved) == (jitter == 0.1)
-    assert trainer.cfg.lr0 == pytest.approx(lr0) and trainer.cfg.backbone_lr_mult == backbone
-    assert ("lr0: 0.0012  # dfine defaults for sparse data" in saved) == ("lr0" not in extra)
-    # the optimizer's groups: the backbone at lr0 x backbone_lr_mult, the rest at lr0
+    assert trainer.cfg.head_lr_mult == head and trainer.cfg.backbone_lr_mult == 3.0
+    assert ("head_lr_mult: 1.5  # dfine defaults for sparse data" in saved) == ("head_lr_mult" not in extra)
+    # the optimizer's groups: the backbone at lr0 x 3, the rest at lr0 x head_lr_mult, so a lr0
+    # the user sets moves both (N's own lr0: 8e-4, so 2.4e-3 and 1.2e-3)
     lrs = {g["name"]: g["lr"] for g in trainer.optimizer.param_groups}
-    assert lrs["backbone_decay"] == pytest.approx(lr0 * backbone) and lrs["decay"] == pytest.approx(lr0)
+    assert lrs["backbone_decay"] == pytest.approx(lr0 * 3) and lrs["decay"] == pytest.approx(lr0 * head)
+    assert lrs["no_decay"] == pytest.approx(lr0 * head) and lrs["backbone_no_decay"] == pytest.approx(lr0 * 3)
     assert "median object side 0.040 of the image" in saved
     # a quarter of the 12 epochs without mosaic / MixUp / Copy-Blend (the recipe's 15%: 2)
     assert trainer.cfg.close_mosaic == tail and no_aug_epochs(12) == 2

@@ -63,6 +63,24 @@ def test_param_groups_split_decay_and_backbone():
     assert counts["no_decay"] == (8, 4 + 4 + 4 + 4 + 4 + 4 + 2 + 4)
 
 
+@pytest.mark.parametrize("user, backbone_lr, rest_lr", [
+    ({}, 3 * 8e-4, 1.5 * 8e-4),  # the family's lr0 and both multipliers
+    ({"lr0": 1e-3}, 3e-3, 1.5e-3),  # a lr0 the user sets moves both groups
+    ({"head_lr_mult": 1.0}, 3 * 8e-4, 8e-4),
+    ({"lr0": 1e-3, "backbone_lr_mult": 1.0, "head_lr_mult": 2.0}, 1e-3, 2e-3),
+])
+def test_head_lr_mult_scales_everything_but_the_backbone(user, backbone_lr, rest_lr):
+    recipe = {"optimizer": "adamw", "lr0": 8e-4, "backbone_lr_mult": 3.0, "head_lr_mult": 1.5}
+    _, opt, info = _build(TrainConfig(batch=16, **user), recipe=recipe)
+    groups = _groups_by_name(opt)
+    for name in ("backbone_decay", "backbone_no_decay"):
+        assert groups[name]["initial_lr"] == pytest.approx(backbone_lr)
+    for name in ("decay", "no_decay"):
+        assert groups[name]["initial_lr"] == pytest.approx(rest_lr)
+        assert groups[name]["lr_mult"] == pytest.approx(rest_lr / info["lr0"])
+    assert info["head_lr_mult"] == user.get("head_lr_mult", 1.5)
+
+
 def test_wrapped_model_groups_match_unwrapped_names():
     model = TinyDetector()
     wrapped = nn.DataParallel(model)  # names gain "module."; backbone matching must still work

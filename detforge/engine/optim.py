@@ -5,7 +5,8 @@ Parameter groups
     layer: every bias, every 1-D tensor and every parameter of a BatchNorm / GroupNorm /
     LayerNorm (or any other ``_NormBase``) goes to a ``no_decay`` group. Parameters whose names
     start with one of ``model.backbone_prefixes`` (default ``("backbone.",)``) go to
-    ``backbone_*`` groups whose lr is ``lr0 * backbone_lr_mult``. Each group carries ``name``,
+    ``backbone_*`` groups whose lr is ``lr0 * backbone_lr_mult``; the other groups' lr is
+    ``lr0 * head_lr_mult``, so both stay tied to lr0 when a user changes it. Each group carries ``name``,
     ``lr_mult`` and ``initial_lr`` (the lr the schedule multiplies).
 
 Learning-rate scaling (``lr_scale``)
@@ -76,7 +77,8 @@ def _no_decay_names(model: nn.Module) -> set[str]:
 
 
 def param_groups(
-    model: nn.Module, lr0: float, weight_decay: float, backbone_lr_mult: float = 1.0
+    model: nn.Module, lr0: float, weight_decay: float, backbone_lr_mult: float = 1.0,
+    head_lr_mult: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Split trainable parameters into decay / no-decay x backbone / rest groups (empty ones dropped)."""
     net = unwrap_model(model)
@@ -94,7 +96,7 @@ def param_groups(
     for name, params in buckets.items():
         if not params:
             continue
-        mult = backbone_lr_mult if name.startswith("backbone_") else 1.0
+        mult = backbone_lr_mult if name.startswith("backbone_") else head_lr_mult
         groups.append({
             "name": name,
             "params": params,
@@ -185,7 +187,7 @@ def build_optimizer(
     """Build the optimizer for ``model`` and a dict describing the choice for the log.
 
     ``recipe`` holds the model family's defaults (keys optimizer, lr0, weight_decay,
-    backbone_lr_mult, momentum); they fill what the user left unset. ``batch_size`` is the
+    backbone_lr_mult, head_lr_mult, momentum); they fill what the user left unset. ``batch_size`` is the
     per-device batch (default ``cfg.batch``); ``iters_per_epoch`` counts optimizer steps.
     """
     recipe = dict(recipe or {})
@@ -212,6 +214,7 @@ def build_optimizer(
     weight_decay = _pick(cfg, recipe, "weight_decay", DEFAULT_WEIGHT_DECAY[name])
     momentum = _pick(cfg, recipe, "momentum")
     backbone_mult = _pick(cfg, recipe, "backbone_lr_mult", 1.0)
+    head_mult = _pick(cfg, recipe, "head_lr_mult", 1.0)
     scale = lr_scale_factor(cfg.lr_scale, global_batch, cfg.nominal_batch)
     lr0 = base_lr * scale
 
@@ -219,7 +222,7 @@ def build_optimizer(
         LOG.warning("adapt_all=true applies to lars/lamb only; %s ignores it", name)
     if name != "lars" and "lars_trust_coef" in cfg.model_fields_set:
         LOG.warning("lars_trust_coef=%g applies to lars only; %s ignores it", cfg.lars_trust_coef, name)
-    groups = param_groups(model, lr0, weight_decay, backbone_mult)
+    groups = param_groups(model, lr0, weight_decay, backbone_mult, head_mult)
     optimizer = _make(name, groups, lr0, momentum, weight_decay, cfg)
 
     group_info = [
@@ -246,6 +249,7 @@ def build_optimizer(
         "momentum": momentum,
         **({"beta2": cfg.beta2} if name in ADAM_FAMILY else {}),
         "backbone_lr_mult": backbone_mult,
+        "head_lr_mult": head_mult,
         "iters_per_epoch": iters_per_epoch,
         "nominal_iterations": iterations,
         "groups": group_info,

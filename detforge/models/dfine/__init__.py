@@ -48,14 +48,13 @@ def _options(cfg) -> dict:
     return options
 
 
-def _data_defaults(model_size: str, train_samples, pretrained: bool, epochs: int) -> tuple[dict, str]:
+def _data_defaults(train_samples, pretrained: bool, epochs: int) -> tuple[dict, str]:
     """From scratch on sparse-object training sets: the recipe's settings for them (recipe.py,
     "Sparse objects"); what the user sets wins."""
     per_image = objects_per_image(train_samples)
     # the object size only matters on sparse sets, where it is also cheap to measure
     side = median_object_side(train_samples) if per_image <= SPARSE_OBJECTS_PER_IMAGE else None
-    values = sparse_data_defaults(per_image, from_pretrained=pretrained, object_side=side,
-                                  lr0=official_recipe(model_size, "custom")["lr0"], epochs=epochs)
+    values = sparse_data_defaults(per_image, from_pretrained=pretrained, object_side=side, epochs=epochs)
     size = "" if side is None else f", median object side {side:.3f} of the image"
     if values:
         LOG.info("D-FINE: %.2f objects per training image (at most %g)%s, from scratch: %s (keys you set win)",
@@ -80,7 +79,7 @@ for _size in SIZES:
         description=f"D-FINE-{_size.upper()} ({_BACKBONES[_size]}); NMS-free real-time DETR",
         defaults=_recipe(_size),
         options=_options,
-        data_defaults=partial(_data_defaults, _size),
+        data_defaults=_data_defaults,
         detr=True,
     ))
 

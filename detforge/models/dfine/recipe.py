@@ -35,8 +35,8 @@ so their separate effects are not measured). What changes, and why:
   (``backbone_lr_mult`` 3.0) and BatchNorm statistics re-measured on up to 256 un-augmented
   training images before each validation (``precise_bn`` 256; the last paragraphs below), and
   on small objects Copy-Blend on half the images (``copy_blend`` 0.5), a fifth of the scale
-  jitter (``scale`` 0.1), all but the backbone at 1.5 times the lr, the backbone's kept
-  (``lr0`` 1.2e-3 with ``backbone_lr_mult`` 2 for N), and a quarter of the epochs without
+  jitter (``scale`` 0.1), all but the backbone at 1.5 times the lr (``head_lr_mult`` 1.5; for
+  N 1.2e-3 beside the backbone's 2.4e-3), and a quarter of the epochs without
   mosaic at the end (``close_mosaic`` 6 of 25; "real small sparse objects" below). The
   model family chooses them once the training split is read (``sparse_data_defaults``; a
   config layer just above these defaults, recorded in config.yaml); any of them set by the
@@ -275,8 +275,9 @@ scatter around it; best = last in every seed). A fifth of the jitter (``scale=0.
 0.867), last 5 epochs within 0.024 ± 0.011, best - last 0.004: the small-object setting beside
 Copy-Blend. Those runs still climbed at the end (0.019 along a fitted line over the last 5
 epochs), so the rest of the model now trains at 1.5 times the size's lr0
-(``SMALL_SPARSE_LR_MULT``; 1.2e-3 for N) with the backbone's lr kept at three times it
-(``backbone_lr_mult`` 2), 3 seeds paired with ``scale=0.1``: 0.449 ± 0.011 / 0.898 ± 0.019
+(``SMALL_SPARSE_LR_MULT`` as ``head_lr_mult``; 1.2e-3 for N) with the backbone's kept at three
+times lr0 (measured as ``lr0=1.2e-3 backbone_lr_mult=2``, the same lrs), 3 seeds paired with
+``scale=0.1``: 0.449 ± 0.011 / 0.898 ± 0.019
 against 0.433 ± 0.006 / 0.896 (mAP50-95 +0.031, +0.003, +0.015; mAP50 +0.015, +0.002, -0.010),
 AP up at IoU 0.65-0.80 (0.747 / 0.548 / 0.352 / 0.148 against 0.728 / 0.508 / 0.321 / 0.091),
 best = last in every seed, but the last 5 epochs climb further (swing 0.039 ± 0.017 against
@@ -345,8 +346,8 @@ SMALL_OBJECT_SIDE = 0.1
 # raised mAP50, and a fifth of the scale jitter, which tightened the boxes (objects trained at
 # sizes near the ones validated; module text: "Sparse objects") ...
 SMALL_SPARSE_TRAINING = {"copy_blend": 0.5, "scale": 0.1}
-# ... and train the encoder and decoder at this multiple of the size's lr0, the backbone where
-# SPARSE_TRAINING has it (three times the size's lr0): those runs were still climbing at the end
+# ... and train the encoder and decoder at this multiple of lr0 (``head_lr_mult``), the backbone
+# where SPARSE_TRAINING has it (three times lr0): those runs were still climbing at the end
 SMALL_SPARSE_LR_MULT = 1.5
 # ... and end on a longer no-augmentation tail (a quarter of the epochs instead of
 # NO_AUG_FRACTION): those runs still gained in every plain epoch, and the longer tail halved
@@ -378,14 +379,14 @@ def sparse_cls_weight(per_image: float, from_pretrained: bool = False) -> float 
 
 
 def sparse_data_defaults(per_image: float, from_pretrained: bool = False, object_side: float | None = None,
-                         lr0: float | None = None, epochs: int | None = None) -> dict[str, Any]:
+                         epochs: int | None = None) -> dict[str, Any]:
     """TrainConfig keys for a training set averaging ``per_image`` objects per image: from
     scratch on sparse sets, twice the classification weight, no lr warm-up, mosaic on every
     image, no colour jitter, the backbone at three times the lr and BatchNorm statistics
     re-measured before each validation; when the median ``object_side``
     (``median_object_side``) is under ``SMALL_OBJECT_SIDE``, also Copy-Blend, a fifth of the
-    scale jitter, given the size's recipe ``lr0`` the rest of the model at
-    ``SMALL_SPARSE_LR_MULT`` times it with the backbone's lr kept, and given the run's
+    scale jitter, the rest of the model at ``SMALL_SPARSE_LR_MULT`` times lr0 (``head_lr_mult``;
+    the backbone stays at three times it), and given the run's
     ``epochs`` a no-augmentation tail of ``SMALL_SPARSE_NO_AUG_FRACTION`` of them (module
     text, "Sparse objects"); else none (the recipe stands)."""
     weight = sparse_cls_weight(per_image, from_pretrained)
@@ -394,9 +395,7 @@ def sparse_data_defaults(per_image: float, from_pretrained: bool = False, object
     values = {"cls_weight": weight, **SPARSE_TRAINING}
     if object_side is not None and object_side < SMALL_OBJECT_SIDE:
         values.update(SMALL_SPARSE_TRAINING)
-        if lr0 is not None:
-            values["lr0"] = round(lr0 * SMALL_SPARSE_LR_MULT, 12)  # 0.0012, not 0.0012000000000000001
-            values["backbone_lr_mult"] = SPARSE_TRAINING["backbone_lr_mult"] / SMALL_SPARSE_LR_MULT
+        values["head_lr_mult"] = SMALL_SPARSE_LR_MULT
         if epochs is not None:
             values["close_mosaic"] = no_aug_epochs(epochs, SMALL_SPARSE_NO_AUG_FRACTION)
     return values
