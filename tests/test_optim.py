@@ -189,6 +189,19 @@ def test_lars_excludes_biases_and_norms_by_default():
     assert info["trust_coef"] == 0.02 and info["adapt_all"] is False
 
 
+def test_lars_coefficient_warning_only_when_changed(caplog):
+    # a config rebuilt from a dump (as the data-defaults layer does) sets every key, the default
+    # coefficient included: no warning for adamw
+    resolved = TrainConfig(**resolve_train_config({"optimizer": "adamw", "batch": 4}).cfg.model_dump())
+    assert "lars_trust_coef" in resolved.model_fields_set
+    with caplog.at_level(logging.WARNING, logger="detforge"):
+        _build(resolved)
+    assert "applies to lars only" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="detforge"):
+        _build(TrainConfig(optimizer="adamw", lars_trust_coef=0.02, batch=4))
+    assert "lars_trust_coef=0.02 applies to lars only; adamw ignores it" in caplog.text
+
+
 def test_adapt_all_adapts_and_decays_everything():
     _, opt, _ = _build(TrainConfig(optimizer="lamb", lr0=1e-3, weight_decay=0.01, adapt_all=True, batch=4))
     from timm.optim import Lamb

@@ -220,7 +220,9 @@ def build_optimizer(
 
     if name not in ("lars", "lamb") and ("adapt_all" in cfg.model_fields_set and cfg.adapt_all):
         LOG.warning("adapt_all=true applies to lars/lamb only; %s ignores it", name)
-    if name != "lars" and "lars_trust_coef" in cfg.model_fields_set:
+    # a resolved config carries every key, so compare with the default rather than asking
+    # whether the key was set: only a changed coefficient is one the optimizer would ignore
+    if name != "lars" and cfg.lars_trust_coef != TrainConfig.model_fields["lars_trust_coef"].default:
         LOG.warning("lars_trust_coef=%g applies to lars only; %s ignores it", cfg.lars_trust_coef, name)
     groups = param_groups(model, lr0, weight_decay, backbone_mult, head_mult)
     optimizer = _make(name, groups, lr0, momentum, weight_decay, cfg)
