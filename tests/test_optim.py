@@ -189,17 +189,29 @@ def test_lars_excludes_biases_and_norms_by_default():
     assert info["trust_coef"] == 0.02 and info["adapt_all"] is False
 
 
-def test_lars_coefficient_warning_only_when_changed(caplog):
-    # a config rebuilt from a dump (as the data-defaults layer does) sets every key, the default
-    # coefficient included: no warning for adamw
-    resolved = TrainConfig(**resolve_train_config({"optimizer": "adamw", "batch": 4}).cfg.model_dump())
-    assert "lars_trust_coef" in resolved.model_fields_set
+def test_resolved_config_reports_where_the_optimizer_came_from(caplog):
+    # a resolved config (rebuilt from a dump, as the data-defaults layer does) sets every key:
+    # only its sources tell a choice from a default
+    resolved = resolve_train_config({"model": "dfine-n", "batch": 4})
+    cfg = TrainConfig(**resolved.cfg.model_dump())
+    assert {"optimizer", "lars_trust_coef"} <= cfg.model_fields_set
     with caplog.at_level(logging.WARNING, logger="detforge"):
-        _build(resolved)
-    assert "applies to lars only" not in caplog.text
+        _, opt, info = _build(cfg, recipe=resolved.family_defaults, sources=resolved.sources)
+    assert type(opt) is torch.optim.AdamW
+    assert info["reason"] == "optimizer from dfine family defaults"
+    assert "applies to lars only" not in caplog.text and "applies to lars/lamb only" not in caplog.text
+    # the user's own optimizer, and a LARS coefficient it would ignore: both named with their source
+    resolved = resolve_train_config({"model": "dfine-n", "batch": 4, "optimizer": "sgd", "lars_trust_coef": 0.02})
     with caplog.at_level(logging.WARNING, logger="detforge"):
-        _build(TrainConfig(optimizer="adamw", lars_trust_coef=0.02, batch=4))
-    assert "lars_trust_coef=0.02 applies to lars only; adamw ignores it" in caplog.text
+        _, opt, info = _build(resolved.cfg, recipe=resolved.family_defaults, sources=resolved.sources)
+    assert type(opt) is torch.optim.SGD and info["reason"] == "optimizer from key=value"
+    assert "lars_trust_coef=0.02 (key=value) applies to lars only; sgd ignores it" in caplog.text
+    # without sources the keys set on the config count as chosen there
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="detforge"):
+        _, _, info = _build(TrainConfig(optimizer="adamw", lars_trust_coef=0.02, batch=4))
+    assert info["reason"] == "optimizer set in the config"
+    assert "lars_trust_coef=0.02 (the config) applies to lars only; adamw ignores it" in caplog.text
 
 
 def test_adapt_all_adapts_and_decays_everything():

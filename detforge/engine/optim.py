@@ -183,13 +183,24 @@ def build_optimizer(
     world_size: int = 1,
     recipe: dict | None = None,
     batch_size: int | None = None,
+    sources: dict[str, str] | None = None,
 ) -> tuple[torch.optim.Optimizer, dict]:
     """Build the optimizer for ``model`` and a dict describing the choice for the log.
 
     ``recipe`` holds the model family's defaults (keys optimizer, lr0, weight_decay,
     backbone_lr_mult, head_lr_mult, momentum); they fill what the user left unset. ``batch_size`` is the
     per-device batch (default ``cfg.batch``); ``iters_per_epoch`` counts optimizer steps.
+    ``sources`` says where each of ``cfg``'s values came from (``ResolvedConfig.sources``: a
+    resolved config carries every key, so only they tell a choice from a default); without
+    them, the keys set on ``cfg`` count as chosen in the config.
     """
+
+    def origin(key: str) -> str | None:
+        """Where ``key``'s value was chosen, or None for TrainConfig's default."""
+        if sources is None:
+            return "the config" if key in cfg.model_fields_set else None
+        return sources.get(key)
+
     recipe = dict(recipe or {})
     per_device = batch_size if batch_size is not None else cfg.batch
     if per_device < 1 or not float(per_device).is_integer():
@@ -199,13 +210,17 @@ def build_optimizer(
     iterations = math.ceil(dataset_size / max(global_batch, cfg.nominal_batch)) * cfg.epochs
 
     name = cfg.optimizer if "optimizer" in cfg.model_fields_set else (recipe.get("optimizer") or cfg.optimizer)
-    reason = "optimizer set in the config" if "optimizer" in cfg.model_fields_set else (
-        "optimizer from the model family's recipe" if recipe.get("optimizer") else "default optimizer")
+    if origin("optimizer") == "the config":
+        reason = "optimizer set in the config"
+    elif origin("optimizer"):
+        reason = f"optimizer from {origin('optimizer')}"
+    else:
+        reason = "optimizer from the model family's recipe" if recipe.get("optimizer") else "default optimizer"
     auto_lr = None
     if name == "auto":
         name, auto_lr, reason = _auto_choice(cfg, recipe, model, iterations)
         if cfg.lr0 is not None and auto_lr is not None:
-            reason += f"; your lr0={cfg.lr0:g} replaces it"
+            reason += f"; lr0={cfg.lr0:g} from {origin('lr0') or 'the config'} replaces it"
             auto_lr = None
     if name not in DEFAULT_LR:
         raise ValueError(f"optimizer={name!r}: allowed values are {', '.join(DEFAULT_LR)}, auto")
@@ -218,12 +233,11 @@ def build_optimizer(
     scale = lr_scale_factor(cfg.lr_scale, global_batch, cfg.nominal_batch)
     lr0 = base_lr * scale
 
-    if name not in ("lars", "lamb") and ("adapt_all" in cfg.model_fields_set and cfg.adapt_all):
-        LOG.warning("adapt_all=true applies to lars/lamb only; %s ignores it", name)
-    # a resolved config carries every key, so compare with the default rather than asking
-    # whether the key was set: only a changed coefficient is one the optimizer would ignore
-    if name != "lars" and cfg.lars_trust_coef != TrainConfig.model_fields["lars_trust_coef"].default:
-        LOG.warning("lars_trust_coef=%g applies to lars only; %s ignores it", cfg.lars_trust_coef, name)
+    if name not in ("lars", "lamb") and origin("adapt_all") and cfg.adapt_all:
+        LOG.warning("adapt_all=true (%s) applies to lars/lamb only; %s ignores it", origin("adapt_all"), name)
+    if name != "lars" and origin("lars_trust_coef"):
+        LOG.warning("lars_trust_coef=%g (%s) applies to lars only; %s ignores it",
+                    cfg.lars_trust_coef, origin("lars_trust_coef"), name)
     groups = param_groups(model, lr0, weight_decay, backbone_mult, head_mult)
     optimizer = _make(name, groups, lr0, momentum, weight_decay, cfg)
 

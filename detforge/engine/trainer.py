@@ -135,6 +135,7 @@ class Trainer:
         self.optimizer, _ = build_optimizer(
             self.model, cfg, dataset_size=len(self.train_set), iters_per_epoch=self.iters_per_epoch,
             world_size=self.dist.world_size, recipe=self.resolved.family_defaults, batch_size=per_rank,
+            sources=self.resolved.sources,
         )
         self.schedule = LRSchedule(cfg, self.iters_per_epoch, cfg.epochs, warmup_every_cycle=cfg.warmup_every_cycle)
         self.ema = ModelEMA(self.model, decay=cfg.ema_decay, warmup=self._ema_ramp()) if cfg.ema else None
