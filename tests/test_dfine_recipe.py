@@ -120,7 +120,7 @@ def test_small_sparse_objects_add_copy_blend():
     # the rest of the model at 1.5 times lr0, the backbone at three times it as on any sparse set
     assert base["backbone_lr_mult"] == 3.0 and SMALL_SPARSE_LR_MULT == 1.5 and "head_lr_mult" not in base
     fast = sparse_data_defaults(1.3, object_side=0.08)
-    assert fast == {**base, "copy_blend": 0.5, "scale": 0.1, "head_lr_mult": 1.5}
+    assert fast == {**base, "copy_blend": 1.0, "scale": 0.1, "head_lr_mult": 1.5}
     # given the run's length, a no-augmentation tail of a quarter of it (the recipe's: 15%)
     assert SMALL_SPARSE_NO_AUG_FRACTION == 0.25
     assert sparse_data_defaults(1.3, object_side=0.08, epochs=25) == {**fast, "close_mosaic": 6}
@@ -133,9 +133,9 @@ def test_small_sparse_objects_add_copy_blend():
 
 
 @pytest.mark.parametrize("extra, blend, jitter, lr0, head, tail", [
-    ({}, 0.5, 0.1, 8e-4, 1.5, 3), ({"copy_blend": 0.0}, 0.0, 0.1, 8e-4, 1.5, 3),
-    ({"scale": 0.5}, 0.5, 0.5, 8e-4, 1.5, 3), ({"lr0": 5e-4}, 0.5, 0.1, 5e-4, 1.5, 3),
-    ({"lr0": 5e-4, "head_lr_mult": 1.0}, 0.5, 0.1, 5e-4, 1.0, 3), ({"close_mosaic": 1}, 0.5, 0.1, 8e-4, 1.5, 1)])
+    ({}, 1.0, 0.1, 8e-4, 1.5, 3), ({"copy_blend": 0.5}, 0.5, 0.1, 8e-4, 1.5, 3),
+    ({"scale": 0.5}, 1.0, 0.5, 8e-4, 1.5, 3), ({"lr0": 5e-4}, 1.0, 0.1, 5e-4, 1.5, 3),
+    ({"lr0": 5e-4, "head_lr_mult": 1.0}, 1.0, 0.1, 5e-4, 1.0, 3), ({"close_mosaic": 1}, 1.0, 0.1, 8e-4, 1.5, 1)])
 def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, lr0, head, tail):
     """The synthetic shapes shrunk to 4% of the image: a small-object sparse set, so the data
     layer adds Copy-Blend, cuts the scale jitter, raises the lr of all but the backbone and
@@ -152,7 +152,7 @@ def test_trainer_blends_in_small_sparse_objects(tmp_path, extra, blend, jitter, 
     assert trainer.cfg.scale == jitter and trainer.train_set.cfg.scale == jitter
     assert trainer.cfg.mosaic == 1.0  # the other sparse settings as on any sparse set
     saved = (trainer.save_dir / "config.yaml").read_text()
-    assert ("copy_blend: 0.5  # dfine defaults for sparse data" in saved) == (blend == 0.5)
+    assert ("copy_blend: 1.0  # dfine defaults for sparse data" in saved) == ("copy_blend" not in extra)
     assert ("scale: 0.1  # dfine defaults for sparse data" in saved) == (jitter == 0.1)
     assert trainer.cfg.head_lr_mult == head and trainer.cfg.backbone_lr_mult == 3.0
     assert ("head_lr_mult: 1.5  # dfine defaults for sparse data" in saved) == ("head_lr_mult" not in extra)
