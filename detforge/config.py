@@ -129,7 +129,7 @@ class TrainConfig(BaseModel):
     cutout: float = Field(0.0, ge=0, le=1)
     degrees: float = Field(0.0, ge=0, le=180)
     translate: float = Field(0.1, ge=0, le=1)
-    scale: float = Field(0.5, ge=0, lt=1, description="scale jitter: each image or mosaic drawn at [1-x, 1+x] times the training scale; D-FINE from scratch sets 0.1 where it sets copy_blend 0.5 (small sparse objects)")
+    scale: float = Field(0.5, ge=0, lt=1, description="scale jitter: each image or mosaic drawn at [1-x, 1+x] times the training scale; D-FINE from scratch sets 0.1 where it sets copy_blend 1.0 (small sparse objects)")
     shear: float = Field(0.0, ge=0, le=90)
     hsv_h: float = Field(0.015, ge=0, le=1)
     hsv_s: float = Field(0.7, ge=0, le=1)
@@ -161,7 +161,7 @@ class TrainConfig(BaseModel):
     dn_box_noise: float | None = Field(None, ge=0, description="DETRs: denoising box jitter in half box sizes (positives < 1x, negatives 1-2x this); default: the model's (1.0)")
     dn_label_noise: float | None = Field(None, ge=0, le=1, description="DETRs: twice the share of denoising labels flipped at random; default: the model's (0.5)")
     dn_label_drop: float | None = Field(None, ge=0, le=1, description="DETRs: share of denoising queries given no label (the 'no class' embedding), so their class is read from the image alone; default: the model's (0)")
-    copy_blend: float = Field(0.0, ge=0, le=1, description="probability of blending objects cut from other training images into an image (DEIMv2 Copy-Blend); stops with close_mosaic; D-FINE from scratch sets 0.5 from the data when the training images average at most 2 objects whose median side is under a tenth of the image")
+    copy_blend: float = Field(0.0, ge=0, le=1, description="probability of blending objects cut from other training images into an image (DEIMv2 Copy-Blend); stops with close_mosaic; D-FINE from scratch sets 1.0 from the data when the training images average at most 2 objects whose median side is under a tenth of the image")
 
     # evaluation
     conf: float = Field(0.5, ge=0, le=1, description="confidence threshold for P/R/F1/IoU")
