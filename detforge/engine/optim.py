@@ -210,10 +210,9 @@ def build_optimizer(
     iterations = math.ceil(dataset_size / max(global_batch, cfg.nominal_batch)) * cfg.epochs
 
     name = cfg.optimizer if "optimizer" in cfg.model_fields_set else (recipe.get("optimizer") or cfg.optimizer)
-    if origin("optimizer") == "the config":
-        reason = "optimizer set in the config"
-    elif origin("optimizer"):
-        reason = f"optimizer from {origin('optimizer')}"
+    chosen_by = origin("optimizer")
+    if chosen_by:
+        reason = "optimizer set in the config" if chosen_by == "the config" else f"optimizer from {chosen_by}"
     else:
         reason = "optimizer from the model family's recipe" if recipe.get("optimizer") else "default optimizer"
     auto_lr = None
