@@ -471,6 +471,11 @@ def test_stability_bench_trains_each_seed(eval_root, tmp_path, capsys):
         assert summary[key]["std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
     rows = list(csv.DictReader(open(out / "stability.csv")))
     assert [r["seed"] for r in rows] == ["0", "1", "mean", "std"]
+    # the curve's figures come from each seed's metrics.csv (one epoch: its last row)
+    for s, row in enumerate(rows[:2]):
+        last = list(csv.DictReader(open(out / f"seed{s}" / "metrics.csv")))[-1]
+        assert float(row["last_map50_95"]) == pytest.approx(float(last["map50_95"]))
+        assert float(row["last5_swing"]) == 0.0 and float(row["best_minus_last"]) == 0.0
     assert "mean" in capsys.readouterr().out
 
 

@@ -4,8 +4,14 @@ training-stability table of seed 002).
 
 Each seed is a full run in ``<project>/<name>/seed<k>``; the table goes to the terminal and to
 ``stability.csv`` (one row per seed, then ``mean`` and ``std`` rows) and ``stability.json``
-beside them. The standard deviation is the sample one (ddof=1: the seeds are a sample of
-possible runs); with one seed it is 0. Works under torchrun too: every rank trains, rank 0 writes.
+beside them. Two tables: best.pt's metrics (metrics.json) and the figures of each run's
+per-epoch curve (``detforge.bench.curves``: the last epoch, when mAP50 passed half its final,
+the movement of the last 5 epochs, best minus last). The standard deviation is the sample one
+(ddof=1: the seeds are a sample of possible runs); with one seed it is 0. Works under torchrun
+too: every rank trains, rank 0 writes.
+
+``runs=DIR,DIR`` summarises finished run folders instead of training (seeds trained apart, on
+several machines or in turns): the same tables, one row per folder.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from detforge.bench.curves import CURVE_METRICS, curve_figures, read_curve
 from detforge.config import ConfigError, KeysRequested, build_config
 
 LOG = logging.getLogger("detforge")
@@ -38,17 +45,26 @@ def summarize(rows: list[dict[str, Any]], keys: tuple[str, ...] = STABILITY_METR
 
 
 def format_table(rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> str:
-    keys = list(summary)
-    lines = ["seed  " + "  ".join(f"{k:>9s}" for k in keys)]
-    for r in rows:
-        lines.append(f"{r['seed']:<4d}  " + "  ".join(f"{r[k]:9.4f}" if k in r else f"{'-':>9s}" for k in keys))
-    lines.append("mean  " + "  ".join(f"{summary[k]['mean']:9.4f}" for k in keys))
-    lines.append("std   " + "  ".join(f"{summary[k]['std']:9.4f}" for k in keys))
-    return "\n".join(lines)
+    """Two blocks, one row per run then mean and std: best.pt's metrics, then the curve's."""
+    width = max([len("mean"), *(len(str(r.get("run", r["seed"]))) for r in rows)])
+    blocks = []
+    for title, group in (("best.pt", STABILITY_METRICS), ("per-epoch curve", CURVE_METRICS)):
+        keys = [k for k in group if k in summary]
+        if not keys:
+            continue
+        w = {k: max(9, len(k)) for k in keys}
+        lines = [f"{title}:", f"{'run':<{width}s}  " + "  ".join(f"{k:>{w[k]}s}" for k in keys)]
+        for r in rows:
+            cells = (f"{r[k]:{w[k]}.4f}" if k in r else f"{'-':>{w[k]}s}" for k in keys)
+            lines.append(f"{str(r.get('run', r['seed'])):<{width}s}  " + "  ".join(cells))
+        for stat in ("mean", "std"):
+            lines.append(f"{stat:<{width}s}  " + "  ".join(f"{summary[k][stat]:{w[k]}.4f}" for k in keys))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
 
 
 def write_results(out_dir: Path, rows: list[dict[str, Any]], summary: dict[str, dict[str, float]]) -> None:
-    keys = ["seed", "best_epoch", *summary]
+    keys = ["seed", "run", "best_epoch", *summary]
     with open(out_dir / "stability.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         w.writeheader()
@@ -64,6 +80,50 @@ def _seed_count(value: Any) -> int:
     return int(value)
 
 
+def run_row(run_dir: Path, seed: int, metrics: dict[str, Any], curve: bool = True) -> dict[str, Any]:
+    """One table row: a run's best.pt ``metrics`` and, with ``curve``, its curve's figures (its
+    metrics.csv, which only the main process of a distributed run writes)."""
+    return {"seed": seed, "run": run_dir.name, "best_epoch": int(metrics.get("epoch", 0)),
+            **{k: float(metrics[k]) for k in STABILITY_METRICS if k in metrics},
+            **(curve_figures(read_curve(run_dir / "metrics.csv")) if curve else {})}
+
+
+def finished_run_row(run_dir: Path) -> dict[str, Any]:
+    """``run_row`` for a finished run folder (its metrics.json, config.yaml and metrics.csv)."""
+    import yaml
+
+    if not (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"runs={run_dir}: no metrics.json there (runs= takes finished run folders)")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    config = run_dir / "config.yaml"
+    seed = int((yaml.safe_load(config.read_text()) or {}).get("seed", 0)) if config.is_file() else 0
+    return run_row(run_dir, seed, metrics)
+
+
+def summarize_runs(args: dict) -> int:
+    """``runs=DIR,DIR``: the tables for finished run folders, written to ``project/name``."""
+    from detforge.utils.runtime import increment_path
+
+    value = args.pop("runs")
+    extra = sorted(set(args) - {"project", "name", "exist_ok"})
+    if extra:
+        raise ConfigError(f"bench stability runs=: {', '.join(extra)} would not be used (runs= reads finished "
+                          "runs; it takes project=, name= and exist_ok= for where the tables go)")
+    folders = [Path(str(v).strip()) for v in (value if isinstance(value, (list, tuple)) else str(value).split(","))
+               if str(v).strip()]
+    if not folders:
+        raise ConfigError("runs= takes finished run folders, comma-separated: runs=runs/a,runs/b")
+    rows = [finished_run_row(f) for f in folders]
+    out_dir = increment_path(Path(args.get("project", "runs")) / (args.get("name") or "stability"),
+                             bool(args.get("exist_ok", False)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(rows, STABILITY_METRICS + CURVE_METRICS)
+    write_results(out_dir, rows, summary)
+    print(format_table(rows, summary))
+    print(f"results: {out_dir / 'stability.csv'}")
+    return 0
+
+
 def run_stability(args: dict) -> int:
     """Train ``args`` (TrainConfig keys) once per seed 0..seeds-1 (``seeds``, default 5) and
     report mean and standard deviation of each metric. Returns the exit code."""
@@ -74,8 +134,14 @@ def run_stability(args: dict) -> int:
     args = dict(args)
     if args.pop("help", False):
         raise KeysRequested("usage: detforge bench stability seeds=N [train keys]: trains once per seed 0..N-1 "
-                            "(default 5) and reports each metric's mean and std; `detforge help keys train` "
-                            "lists the train keys")
+                            "(default 5) and reports each metric's mean and std, for best.pt and for the "
+                            "per-epoch curve (last epoch, exit epoch, last-5 swing, best - last); "
+                            "`detforge help keys train` lists the train keys. "
+                            "detforge bench stability runs=DIR,DIR: the same for finished run folders")
+    if "runs" in args:
+        if "seeds" in args:
+            raise ConfigError("bench stability: runs= summarises finished runs and seeds= trains new ones; give one")
+        return summarize_runs(args)
     seeds = _seed_count(args.pop("seeds", 5))
     if "seed" in args:
         raise ConfigError("bench stability sets seed itself (0..seeds-1): drop seed= and use seeds=N")
@@ -95,9 +161,8 @@ def run_stability(args: dict) -> int:
     for seed in range(seeds):
         cfg = build_config({**args, "seed": seed, "project": str(out_dir), "name": f"seed{seed}", "exist_ok": True})
         metrics = Trainer(cfg).train()
-        rows.append({"seed": seed, "best_epoch": int(metrics.get("epoch", 0)),
-                     **{k: float(metrics[k]) for k in STABILITY_METRICS if k in metrics}})
-    summary = summarize(rows)
+        rows.append(run_row(Path(metrics["save_dir"]), seed, metrics, curve=info.is_main))
+    summary = summarize(rows, STABILITY_METRICS + CURVE_METRICS)
     if info.is_main:
         write_results(out_dir, rows, summary)
         print(format_table(rows, summary))

@@ -1,0 +1,56 @@
+"""Figures read off a run's per-epoch validation curve (its metrics.csv).
+
+The end figure of one run hides how it got there. Three more say whether a run can be trusted
+on a small validation set:
+
+- ``exit_epoch``: the first epoch whose mAP50 is above half the last epoch's: when the run
+  left the ~0 plateau a detector from scratch starts on;
+- ``last5_swing``: max - min of mAP50-95 over the last ``SWING_EPOCHS`` validated epochs: how
+  much the figure would change had the run stopped a little earlier;
+- ``best_minus_last``: the best epoch's mAP50-95 minus the last one's: what picking best.pt
+  over last.pt is worth.
+
+``last_map50_95`` and ``last_map50`` are the last epoch's figures (best.pt's are in
+metrics.json).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+SWING_EPOCHS = 5
+CURVE_METRICS = ("last_map50_95", "last_map50", "exit_epoch", "last5_swing", "best_minus_last")
+
+
+def read_curve(metrics_csv: Path) -> list[dict[str, float]]:
+    """The validated epochs of ``metrics_csv`` as {"epoch", "map50_95", "map50"} rows, in order
+    (epochs trained without a validation, under ``val_period`` > 1, are left out)."""
+    path = Path(metrics_csv)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a run folder holds metrics.csv once an epoch has ended)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"epoch", "map50_95", "map50"} - set(rows[0] if rows else {})
+    if rows and missing:
+        raise ValueError(f"{path}: no column {', '.join(sorted(missing))}; is this a detforge metrics.csv?")
+    return [{"epoch": int(r["epoch"]), "map50_95": float(r["map50_95"]), "map50": float(r["map50"])}
+            for r in rows if r.get("map50_95") not in (None, "")]
+
+
+def curve_figures(curve: list[dict[str, float]]) -> dict[str, float]:
+    """``CURVE_METRICS`` for a curve from ``read_curve`` ({} without a validated epoch;
+    no ``exit_epoch`` when the last mAP50 is 0, where there is no plateau to leave)."""
+    if not curve:
+        return {}
+    last = curve[-1]
+    tail = [c["map50_95"] for c in curve[-SWING_EPOCHS:]]
+    out: dict[str, float] = {
+        "last_map50_95": last["map50_95"],
+        "last_map50": last["map50"],
+        "last5_swing": max(tail) - min(tail),
+        "best_minus_last": max(c["map50_95"] for c in curve) - last["map50_95"],
+    }
+    if last["map50"] > 0:
+        out["exit_epoch"] = next(c["epoch"] for c in curve if c["map50"] > last["map50"] / 2)
+    return out
