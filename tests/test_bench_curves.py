@@ -42,6 +42,11 @@ def test_curve_figures_hand_worked(tmp_path):
     # the last five validated epochs are 2, 3, 4, 5, 7: mAP50-95 0.05 .. 0.32
     assert got["last5_swing"] == pytest.approx(0.27)
     assert got["best_minus_last"] == pytest.approx(0.02)  # best 0.32 at epoch 5
+    # their least-squares line: x mean 4.2, y mean 0.214, Sxx 14.8, Sxy 0.756; over epochs 2-7
+    assert got["last5_rise"] == pytest.approx(0.756 / 14.8 * 5)
+    # a straight climb of 0.01 an epoch: all of its swing is rise
+    line = curve_figures([{"epoch": e, "map50_95": 0.01 * e, "map50": 0.02 * e} for e in range(1, 11)])
+    assert line["last5_swing"] == pytest.approx(0.04) and line["last5_rise"] == pytest.approx(0.04)
     # a run that never found anything has no plateau to leave; no validation, no figures
     assert "exit_epoch" not in curve_figures([{"epoch": 1, "map50_95": 0.0, "map50": 0.0}])
     assert curve_figures([]) == {}
@@ -70,6 +75,7 @@ def test_stability_summarises_finished_runs(tmp_path, capsys):
     assert summary["exit_epoch"]["mean"] == pytest.approx(2.5)  # epochs 4 and 1
     assert summary["last5_swing"]["mean"] == pytest.approx(0.135)  # 0.27 and 0
     assert summary["last5_swing"]["std"] == pytest.approx(0.27 / 2 ** 0.5)
+    assert summary["last5_rise"]["max"] == pytest.approx(0.756 / 14.8 * 5) and summary["last5_rise"]["min"] == 0.0
     text = capsys.readouterr().out
     assert "per-epoch curve:" in text and "exit_epoch" in text
 

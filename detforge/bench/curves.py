@@ -7,6 +7,9 @@ on a small validation set:
   left the ~0 plateau a detector from scratch starts on;
 - ``last5_swing``: max - min of mAP50-95 over the last ``SWING_EPOCHS`` validated epochs: how
   much the figure would change had the run stopped a little earlier;
+- ``last5_rise``: over the same epochs, the rise of mAP50-95 along its least-squares line
+  (slope times the epochs spanned): a swing about equal to the rise is a run still climbing
+  (more epochs would pay), a swing well above it is scatter;
 - ``best_minus_last``: the best epoch's mAP50-95 minus the last one's: what picking best.pt
   over last.pt is worth.
 
@@ -20,7 +23,7 @@ import csv
 from pathlib import Path
 
 SWING_EPOCHS = 5
-CURVE_METRICS = ("last_map50_95", "last_map50", "exit_epoch", "last5_swing", "best_minus_last")
+CURVE_METRICS = ("last_map50_95", "last_map50", "exit_epoch", "last5_swing", "last5_rise", "best_minus_last")
 
 
 def read_curve(metrics_csv: Path) -> list[dict[str, float]]:
@@ -49,8 +52,19 @@ def curve_figures(curve: list[dict[str, float]]) -> dict[str, float]:
         "last_map50_95": last["map50_95"],
         "last_map50": last["map50"],
         "last5_swing": max(tail) - min(tail),
+        "last5_rise": _line_rise([c["epoch"] for c in curve[-SWING_EPOCHS:]], tail),
         "best_minus_last": max(c["map50_95"] for c in curve) - last["map50_95"],
     }
     if last["map50"] > 0:
         out["exit_epoch"] = next(c["epoch"] for c in curve if c["map50"] > last["map50"] / 2)
     return out
+
+
+def _line_rise(x: list[int], y: list[float]) -> float:
+    """Rise of the least-squares line through (x, y) from the first x to the last (0 for one point)."""
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxx = sum((a - mx) ** 2 for a in x)
+    if sxx == 0:
+        return 0.0
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx
+    return slope * (x[-1] - x[0])
