@@ -1,6 +1,6 @@
 """Figures read off a run's per-epoch validation curve (its metrics.csv).
 
-The end figure of one run hides how it got there. Three more say whether a run can be trusted
+The end figure of one run hides how it got there. These say whether a run can be trusted
 on a small validation set:
 
 - ``exit_epoch``: the first epoch whose mAP50 is above half the last epoch's: when the run
