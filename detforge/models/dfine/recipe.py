@@ -97,11 +97,14 @@ Against YOLO11n on BCCD-Platelets (5 seeds a side, scored by one evaluator): 0.4
 Where it stands, and what was left out
 --------------------------------------
 BCCD-WBC (one large cell per image) ends at 0.782 ± 0.002 / 0.998 against YOLO11n's 0.733 /
-0.999, past half its final mAP50 at epoch 1. The four-class synthetic set ends far above
-YOLO11n (about 0.21 against 0.013 mAP50-95) but still climbs about linearly from epoch 4 to
-25, so it passes half its final at epochs 9-11 and its last 5 epochs move 0.027-0.035;
-neither a longer plain tail nor a minimum-lr tail (``lrf=0.01 lr_tail_epochs=5``: swing
-0.008, end 0.054 against 0.085) gave a flat end without a lower one.
+0.999, past half its final mAP50 at epoch 1. The synthetic sets end far above YOLO11n (four
+classes about 0.22 against 0.013 mAP50-95, one class 0.35 against 0.059) but still climb to
+the last epoch: half the final comes at epochs 10-11 on four classes and 8-10 on one, and the
+last 5 epochs move 0.017-0.070, in every whole run the rise along a fitted line to within
+0.002 (``detforge bench stability``'s ``last5_rise``; "Synthetic-sparse, one and four
+classes: whole runs"), not scatter. Neither a longer plain tail nor a minimum-lr tail
+(``lrf=0.01 lr_tail_epochs=5``: swing 0.008, end 0.054 against 0.085) gave a flat end
+without a lower one.
 
 Measured and left out (switches stay; the figures are paired with the default of their day):
 ``o2m=6`` (H-DETR's one-to-many group: +0.017 ± 0.033, swing 0.035, no sooner start),
