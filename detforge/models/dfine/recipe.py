@@ -99,7 +99,7 @@ Where it stands, and what was left out
 BCCD-WBC (one large cell per image) ends at 0.782 ± 0.002 / 0.998 against YOLO11n's 0.733 /
 0.999, past half its final mAP50 at epoch 1. The synthetic sets end far above YOLO11n (four
 classes about 0.22 against 0.013 mAP50-95, one class 0.35 against 0.059) but still climb to
-the last epoch: half the final comes at epochs 10-11 on four classes and 8-10 on one, and the
+the last epoch: half the final comes at epochs 9-11 on four classes and 8-10 on one, and the
 last 5 epochs move 0.017-0.070, in every whole run the rise along a fitted line to within
 0.002 (``detforge bench stability``'s ``last5_rise``; "Synthetic-sparse, one and four
 classes: whole runs"), not scatter. Neither a longer plain tail nor a minimum-lr tail
