@@ -117,11 +117,16 @@ def summarize_runs(args: dict) -> int:
     out_dir = increment_path(Path(args.get("project", "runs")) / (args.get("name") or "stability"),
                              bool(args.get("exist_ok", False)))
     out_dir.mkdir(parents=True, exist_ok=True)
+    report(out_dir, rows)
+    return 0
+
+
+def report(out_dir: Path, rows: list[dict[str, Any]]) -> None:
+    """Summarise ``rows``, write stability.csv / .json to ``out_dir`` and print the tables."""
     summary = summarize(rows, STABILITY_METRICS + CURVE_METRICS)
     write_results(out_dir, rows, summary)
     print(format_table(rows, summary))
     print(f"results: {out_dir / 'stability.csv'}")
-    return 0
 
 
 def run_stability(args: dict) -> int:
@@ -162,9 +167,6 @@ def run_stability(args: dict) -> int:
         cfg = build_config({**args, "seed": seed, "project": str(out_dir), "name": f"seed{seed}", "exist_ok": True})
         metrics = Trainer(cfg).train()
         rows.append(run_row(Path(metrics["save_dir"]), seed, metrics, curve=info.is_main))
-    summary = summarize(rows, STABILITY_METRICS + CURVE_METRICS)
     if info.is_main:
-        write_results(out_dir, rows, summary)
-        print(format_table(rows, summary))
-        print(f"results: {out_dir / 'stability.csv'}")
+        report(out_dir, rows)
     return 0
