@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from detforge.compare.plan import CompareSettings, dataset_tags, run_state, split_list
+from detforge.compare.plan import CompareSettings, dataset_tags, run_state
+from detforge.utils.lists import split_list
 from detforge.compare.ranking import mean_ranks, pareto_front, recommend, recommendation_text
 from detforge.config import ConfigError, TrainConfig
 

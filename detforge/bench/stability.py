@@ -25,6 +25,7 @@ from typing import Any
 
 from detforge.bench.curves import CURVE_METRICS, curve_figures, read_curve
 from detforge.config import ConfigError, KeysRequested, build_config
+from detforge.utils.lists import split_list
 
 LOG = logging.getLogger("detforge")
 STABILITY_METRICS = ("map50_95", "map50", "map75", "precision", "recall", "f1", "iou", "fitness")
@@ -109,8 +110,7 @@ def summarize_runs(args: dict) -> int:
     if extra:
         raise ConfigError(f"bench stability runs=: {', '.join(extra)} would not be used (runs= reads finished "
                           "runs; it takes project=, name= and exist_ok= for where the tables go)")
-    folders = [Path(str(v).strip()) for v in (value if isinstance(value, (list, tuple)) else str(value).split(","))
-               if str(v).strip()]
+    folders = [Path(v) for v in split_list(value)]
     if not folders:
         raise ConfigError("runs= takes finished run folders, comma-separated: runs=runs/a,runs/b")
     rows = [finished_run_row(f) for f in folders]

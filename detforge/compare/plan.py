@@ -22,22 +22,10 @@ from typing import Any
 import yaml
 
 from detforge.config import ConfigError
+from detforge.utils.lists import split_list
 
 # train keys a comparison passes on to every model's run (when the user set them)
 TRAIN_KEYS = ("device", "workers", "seed", "fraction", "conf", "iou_thr", "max_det", "verbose", "plots")
-
-
-def split_list(value: Any) -> list[str]:
-    """"a,b" | ["a", "b"] | None -> ["a", "b"] (blank items dropped, order kept, duplicates once)."""
-    if value is None:
-        return []
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    out: list[str] = []
-    for item in items:
-        text = str(item).strip()
-        if text and text not in out:
-            out.append(text)
-    return out
 
 
 def dataset_tags(datasets: list[str | None]) -> list[str]:
