@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from log_helpers import detforge_log
 
 from detforge.compare.plan import CompareSettings, dataset_tags, run_state
-from detforge.utils.lists import split_list
 from detforge.compare.ranking import mean_ranks, pareto_front, recommend, recommendation_text
 from detforge.config import ConfigError, TrainConfig
+from detforge.utils.lists import split_list
 
 
 # ------------------------------------------------------------------ ranking (pure)
@@ -141,27 +140,6 @@ def test_cli_refuses_a_comparison_without_models(capsys):
 
 
 # ------------------------------------------------------------------ a real comparison
-@contextmanager
-def detforge_log():
-    """Messages of the "detforge" logger while the block runs (once the command line has set it
-    up it no longer propagates to the root logger, where pytest's log capture listens)."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    log, handler = logging.getLogger("detforge"), Collect(logging.INFO)
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
-
-
 def _compare(root: Path, project: Path, models: str) -> int:
     from detforge.compare import compare_command
 

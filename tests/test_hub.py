@@ -8,39 +8,17 @@ import dataclasses
 import hashlib
 import io
 import json
-import logging
 import socket
 import threading
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from log_helpers import detforge_log
 
 from detforge.hub import PUBLISHED, WeightsUnavailableError, find_published, resolve_pretrained, weights_dir
 from detforge.hub.store import sidecar_path
-
-
-@contextmanager
-def detforge_log():
-    """Messages of the "detforge" logger while the block runs (once the command line has set it
-    up it no longer propagates to the root logger, where pytest's log capture listens)."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            lines.append(record.getMessage())
-
-    log, handler = logging.getLogger("detforge"), Collect(logging.INFO)
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        yield lines
-    finally:
-        log.removeHandler(handler)
-        log.setLevel(level)
 
 
 class Publisher:
