@@ -84,10 +84,11 @@ before it; "BCCD-Platelets"):
   quarter of the time under one cell of the finest map; 0.25 gave +0.026 and 0.1 another
   +0.009, the gain at IoU 0.55-0.75 where the boxes had been loose. No jitter was lower.
 - ``head_lr_mult`` 1.5 (``SMALL_SPARSE_LR_MULT``; 1.2e-3 for N beside the backbone's 2.4e-3):
-  0.449 ± 0.011 against 0.433, AP up at IoU 0.65-0.80; twice was lower. On the large-object synthetic
-  sets (two seeds each) it started no sooner, ended level or higher (four classes 0.249 against
-  0.210) and climbed harder to the end: exits later in three runs of four, last 5 epochs moving
-  0.035-0.080 ("all but the backbone at 1.5 times the lr"). It stays a small-object setting.
+  0.449 ± 0.011 against 0.433, AP up at IoU 0.65-0.80; twice was lower. On the large-object
+  synthetic sets (two seeds each) it started no sooner, ended level or higher (four classes
+  0.249 against 0.210) and climbed harder to the end: exits later in three runs of four, last 5
+  epochs moving 0.035-0.080 ("all but the backbone at 1.5 times the lr"). It stays a
+  small-object setting.
 - ``close_mosaic`` a quarter of the epochs (``SMALL_SPARSE_NO_AUG_FRACTION``; 6 of 25): those
   runs gained in every plain epoch; level accuracy, the last 5 epochs moving 0.019 against
   0.035 (4 seeds). On the four-class synthetic set it ended lower (0.233 against 0.243).
