@@ -106,7 +106,8 @@ the last epoch: half the final comes at epochs 9-11 on four classes and 8-10 on 
 last 5 epochs move 0.017-0.070, in every whole run the rise along a fitted line to within
 0.002 (``detforge bench stability``'s ``last5_rise``; "Synthetic-sparse, one and four
 classes: whole runs"), not scatter. Neither a longer plain tail nor a minimum-lr tail
-(``lrf=0.01 lr_tail_epochs=5``: swing 0.008, end 0.054 against 0.085) gave a flat end
+(``lrf=0.01 lr_tail_epochs=5``: swing 0.008, end 0.054 against 0.085) nor a decay to 1 %
+(``lrf=0.01``, two seeds: swing 0.005 and 0.018, end 0.141 against 0.210) gave a flat end
 without a lower one.
 
 Measured and left out (switches stay; the figures are paired with the default of their day):
