@@ -109,8 +109,8 @@ classes: whole runs"), not scatter. Neither a longer plain tail nor a minimum-lr
 (``lrf=0.01 lr_tail_epochs=5``: swing 0.008, end 0.054 against 0.085) nor a decay to 1 %
 (``lrf=0.01``, two seeds: swing 0.005 and 0.018, end 0.141 against 0.210) gave a flat end
 without a lower one. The run length is what is short: 25 epochs at batch 16 on 160 images are
-250 optimizer steps. Batch 8 (same images, same CPU time, twice the steps; three seeds a
-set) ended 0.058 (four classes) and 0.102 (one class) higher, mostly still climbing. 50 epochs on one
+250 optimizer steps. Batch 8 (same images, same CPU time, twice the steps; three seeds a set)
+ended 0.058 (four classes) and 0.102 (one class) higher, mostly still climbing. 50 epochs on one
 class ended at 0.624 against 0.326, its last 5 epochs moving 0.022 ("twice the optimizer
 steps"). Batch and epochs are the user's run sizes, so the recipe leaves them alone.
 
