@@ -1,5 +1,6 @@
-"""The per-epoch curve's figures (detforge.bench.curves) and `bench stability runs=`, on
-hand-written run folders whose figures are worked out below."""
+"""The per-epoch curve's figures (detforge.eval.curves), the end-of-run hint of a run still
+climbing, and `bench stability runs=`, on hand-written run folders whose figures are worked
+out below."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 
 import pytest
 
-from detforge.bench.curves import curve_figures, read_curve
+from detforge.engine.run_report import training_length_hint
+from detforge.eval.curves import curve_figures, curve_from_rows, read_curve, still_climbing
 from detforge.bench.stability import run_stability
 from detforge.config import ConfigError
 
@@ -50,6 +52,47 @@ def test_curve_figures_hand_worked(tmp_path):
     # a run that never found anything has no plateau to leave; no validation, no figures
     assert "exit_epoch" not in curve_figures([{"epoch": 1, "map50_95": 0.0, "map50": 0.0}])
     assert curve_figures([]) == {}
+
+
+def _line(per_epoch, epochs=10, wobble=0.0):
+    """mAP50-95 rising ``per_epoch`` each epoch from 0.1, odd epochs ``wobble`` higher."""
+    return [{"epoch": e, "map50_95": 0.1 + per_epoch * e + wobble * (e % 2), "map50": 0.5} for e in range(1, epochs + 1)]
+
+
+def test_still_climbing_needs_a_rise_that_is_most_of_the_swing():
+    # 0.01 an epoch: a rise of 0.04 over epochs 6-10, all of the swing
+    assert still_climbing(curve_figures(_line(0.01)), 10)
+    # 0.004 an epoch: rise 0.016, under CLIMB_MIN_RISE (0.02): settled enough
+    assert not still_climbing(curve_figures(_line(0.004)), 10)
+    # level with a 0.05 wobble: epochs 6-10 read 0.10 0.15 0.10 0.15 0.10, swing 0.05, rise 0
+    wobble = curve_figures(_line(0.0, wobble=0.05))
+    assert wobble["last5_swing"] == pytest.approx(0.05) and not still_climbing(wobble, 10)
+    # 0.01 an epoch with a 0.03 wobble: epochs 6-10 read 0.16 0.20 0.18 0.22 0.20; swing 0.06;
+    # line: x mean 8, y mean 0.192, Sxy 0.1, Sxx 10: rise 0.01 * 4 = 0.04, under 0.75 * 0.06
+    mixed = curve_figures(_line(0.01, wobble=0.03))
+    assert mixed["last5_swing"] == pytest.approx(0.06) and mixed["last5_rise"] == pytest.approx(0.04)
+    assert not still_climbing(mixed, 10)
+    # fewer validated epochs than the window: no judgement
+    assert not still_climbing(curve_figures(_line(0.05, epochs=4)), 4)
+    # metrics.csv rows as the trainer holds them (numbers; an unvalidated epoch without mAP)
+    rows = [{"epoch": 1, "loss": 2.0}, {"epoch": 2, "loss": 1.0, "map50_95": 0.2, "map50": 0.4}]
+    assert curve_from_rows(rows) == [{"epoch": 2, "map50_95": 0.2, "map50": 0.4}]
+
+
+def test_training_length_hint_counts_the_steps_and_names_the_settings():
+    # 25 epochs of 10 steps climbing 0.01 an epoch: the D-FINE-N sparse runs' shape
+    hint = training_length_hint(_line(0.01, epochs=25), batch=16, accumulate=1, steps_per_epoch=10, epochs=25)
+    assert hint == ("mAP50-95 was still climbing at the end: +0.040 along a line over the last 5 validated "
+                    "epochs (they moved 0.040), in 250 optimizer steps (10 an epoch). More training would "
+                    "likely pay: batch=8 (the same images, 2x the steps) or epochs=50.")
+    # with accumulation, the accumulation is what halves (3 -> 1 is three times the steps)
+    hint = training_length_hint(_line(0.01), batch=16, accumulate=3, steps_per_epoch=4, epochs=10)
+    assert "in 40 optimizer steps (4 an epoch)" in hint and "accumulate=1 (the same images, 3x the steps) or epochs=20" in hint
+    # batch 1 has no half: only more epochs
+    assert training_length_hint(_line(0.01), batch=1, accumulate=1, steps_per_epoch=50, epochs=10).endswith(
+        "likely pay: epochs=20.")
+    # a settled run gets no hint
+    assert training_length_hint(_line(0.0, wobble=0.05), batch=16, accumulate=1, steps_per_epoch=10, epochs=10) is None
 
 
 def test_read_curve_names_the_file(tmp_path):

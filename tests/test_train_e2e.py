@@ -53,6 +53,11 @@ def test_run_folder_is_complete(trained_run):
 
     assert load_checkpoint(trained_run / "weights/best.pt")["class_conf"] == best["class_conf"]
     assert best["fitness"] == pytest.approx((best["map50"] + best["f1"]) / 2)
+    # the curve's figures (exit epoch, last-5 swing and rise) as `bench stability` reads them
+    from detforge.eval.curves import curve_figures, read_curve
+
+    assert best["curve"] == pytest.approx(curve_figures(read_curve(trained_run / "metrics.csv")), abs=1e-6)
+    assert best["curve"]["last_map50_95"] == pytest.approx(float(rows[-1]["map50_95"]))
     assert best["fitness"] == pytest.approx(max(float(r["fitness"]) for r in rows), abs=1e-6)
 
 

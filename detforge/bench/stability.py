@@ -5,7 +5,7 @@ training-stability table of seed 002).
 Each seed is a full run in ``<project>/<name>/seed<k>``; the table goes to the terminal and to
 ``stability.csv`` (one row per seed, then ``mean`` and ``std`` rows) and ``stability.json``
 beside them. Two tables: best.pt's metrics (metrics.json) and the figures of each run's
-per-epoch curve (``detforge.bench.curves``: the last epoch, when mAP50 passed half its final,
+per-epoch curve (``detforge.eval.curves``: the last epoch, when mAP50 passed half its final,
 the movement of the last 5 epochs, best minus last). The standard deviation is the sample one
 (ddof=1: the seeds are a sample of possible runs); with one seed it is 0. Works under torchrun
 too: every rank trains, rank 0 writes.
@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from detforge.bench.curves import CURVE_METRICS, curve_figures, read_curve
+from detforge.eval.curves import CURVE_METRICS, curve_figures, read_curve
 from detforge.config import ConfigError, KeysRequested, build_config
 from detforge.utils.lists import split_list
 

@@ -1,5 +1,5 @@
-"""What a finished run leaves for people: per-class thresholds in best.pt, the plots and the
-prediction samples."""
+"""What a finished run leaves for people: per-class thresholds in best.pt, the plots, the
+prediction samples and a hint when the run ended still climbing."""
 
 from __future__ import annotations
 
@@ -21,6 +21,29 @@ def store_class_thresholds(evaluator, best: Path, names: list[str], conf: float)
     LOG.info("per-class confidence thresholds (best F1 on val): %s",
              ", ".join(f"{n} {c:.2f}" for n, c in zip(names, chosen)))
     return chosen
+
+
+def training_length_hint(curve: list[dict[str, float]], batch: int, accumulate: int, steps_per_epoch: int,
+                         epochs: int) -> str | None:
+    """A line for the end of a run whose validation curve (``detforge.eval.curves``) was still
+    rising at its last epoch, with the run's optimizer steps and the two ways to more of them
+    (``epochs``: the run's setting, which the suggestion doubles);
+    None otherwise. On small sets the step count, not the epoch count, is what runs short
+    (D-FINE-N on 160 images at batch 16: 250 steps in 25 epochs, and batch 8 ended higher in
+    about the same CPU time; benchmarks/RESULTS.md, "twice the optimizer steps")."""
+    from detforge.eval.curves import SWING_EPOCHS, curve_figures, still_climbing
+
+    figures = curve_figures(curve)
+    if not still_climbing(figures, len(curve)):
+        return None
+    # the same images in more optimizer steps: half the accumulation, else half the batch
+    key, now = ("accumulate", accumulate) if accumulate > 1 else ("batch", batch)
+    fewer = [f"{key}={now // 2} (the same images, {now / (now // 2):.2g}x the steps)"] if now >= 2 else []
+    more = " or ".join([*fewer, f"epochs={2 * epochs}"])
+    steps = steps_per_epoch * int(curve[-1]["epoch"])
+    return (f"mAP50-95 was still climbing at the end: +{figures['last5_rise']:.3f} along a line over the last "
+            f"{SWING_EPOCHS} validated epochs (they moved {figures['last5_swing']:.3f}), in {steps} optimizer "
+            f"steps ({steps_per_epoch} an epoch). More training would likely pay: {more}.")
 
 
 def write_plots(save_dir: Path, evaluator, train_samples, names: list[str], samples) -> None:

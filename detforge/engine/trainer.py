@@ -32,12 +32,13 @@ from detforge.engine.ema import ModelEMA, ramp_for_run
 from detforge.engine.optim import build_optimizer
 from detforge.engine.run_log import RunLog
 from detforge.data.check import describe_problems
-from detforge.engine.run_report import PredictionSamples, store_class_thresholds, write_plots
+from detforge.engine.run_report import PredictionSamples, store_class_thresholds, training_length_hint, write_plots
 from detforge.engine.schedule import LRSchedule
 from detforge.engine.precise_bn import recalibrate_batchnorm
 from detforge.engine.sharding import build_eval_loader
 from detforge.engine.validator import evaluate
 from detforge.errors import NonFiniteLossError
+from detforge.eval.curves import curve_figures, curve_from_rows
 from detforge.eval.evaluator import fitness as fitness_of
 from detforge.engine.resolve import ResolvedConfig, resolve_train_config
 from detforge.engine.run_model import apply_data_defaults, build_run_model
@@ -456,6 +457,9 @@ class Trainer:
             out["confusion"] = metrics.get("confusion")
             out["bad_steps"] = self.bad_steps_total
             out["data_problems"] = self.data.problem_counts()
+            curve = curve_from_rows(self.log.history)
+            # exit epoch, last-5 swing and rise (detforge.eval.curves), as `bench stability` reports them
+            out["curve"] = {k: round(v, 6) for k, v in curve_figures(curve).items()}
             if evaluator is not None and best.is_file():
                 out["class_conf"] = store_class_thresholds(evaluator, best, self.names, self.cfg.conf)
             (self.save_dir / "metrics.json").write_text(json.dumps(out, indent=2, default=float))
@@ -473,5 +477,9 @@ class Trainer:
                 metrics["epoch"], metrics.get("map50_95", 0), metrics.get("map50", 0), metrics.get("precision", 0),
                 metrics.get("recall", 0), metrics.get("f1", 0), metrics.get("iou", 0), self.save_dir,
             )
+            hint = training_length_hint(curve, self.batch_size, self.cfg.accumulate, self.iters_per_epoch,
+                                        self.cfg.epochs)
+            if hint:
+                LOG.info(hint)
         metrics["save_dir"] = str(self.save_dir)
         return metrics

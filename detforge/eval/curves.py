@@ -14,7 +14,8 @@ on a small validation set:
   over last.pt is worth.
 
 ``last_map50_95`` and ``last_map50`` are the last epoch's figures (best.pt's are in
-metrics.json).
+metrics.json). ``detforge train`` writes these figures to metrics.json ("curve") and, when
+``still_climbing`` says so, ends with a hint that the run was too short for its data.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from pathlib import Path
 
 SWING_EPOCHS = 5
 CURVE_METRICS = ("last_map50_95", "last_map50", "exit_epoch", "last5_swing", "last5_rise", "best_minus_last")
+# a run is still climbing when its last SWING_EPOCHS validated epochs rose at least this much
+# along their least-squares line (the swing a settled run on a 40-image val split stays within)
+CLIMB_MIN_RISE = 0.02
+# ... and that rise is most of their swing: a swing well above its rise is scatter, which more
+# epochs do not cure (D-FINE's sparse runs that kept climbing had swing = rise within 0.004)
+CLIMB_MIN_SHARE = 0.75
 
 
 def read_curve(metrics_csv: Path) -> list[dict[str, float]]:
@@ -37,6 +44,12 @@ def read_curve(metrics_csv: Path) -> list[dict[str, float]]:
     missing = {"epoch", "map50_95", "map50"} - set(rows[0] if rows else {})
     if rows and missing:
         raise ValueError(f"{path}: no column {', '.join(sorted(missing))}; is this a detforge metrics.csv?")
+    return curve_from_rows(rows)
+
+
+def curve_from_rows(rows: list[dict]) -> list[dict[str, float]]:
+    """``read_curve``'s rows from metrics.csv-like records (strings or numbers; a row without
+    mAP50-95 is an epoch trained without a validation and is left out)."""
     return [{"epoch": int(r["epoch"]), "map50_95": float(r["map50_95"]), "map50": float(r["map50"])}
             for r in rows if r.get("map50_95") not in (None, "")]
 
@@ -58,6 +71,16 @@ def curve_figures(curve: list[dict[str, float]]) -> dict[str, float]:
     if last["map50"] > 0:
         out["exit_epoch"] = next(c["epoch"] for c in curve if c["map50"] > last["map50"] / 2)
     return out
+
+
+def still_climbing(figures: dict[str, float], validated_epochs: int) -> bool:
+    """Whether a run with these ``curve_figures`` over ``validated_epochs`` was still rising at
+    its end: at least ``SWING_EPOCHS`` validated epochs whose line rose by ``CLIMB_MIN_RISE`` or
+    more, making up ``CLIMB_MIN_SHARE`` of their swing or more."""
+    if validated_epochs < SWING_EPOCHS or "last5_rise" not in figures:
+        return False
+    rise, swing = figures["last5_rise"], figures["last5_swing"]
+    return rise >= CLIMB_MIN_RISE and rise >= CLIMB_MIN_SHARE * swing
 
 
 def _line_rise(x: list[int], y: list[float]) -> float:
