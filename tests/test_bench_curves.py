@@ -121,6 +121,21 @@ def test_stability_summarises_finished_runs(tmp_path, capsys):
     assert summary["last5_rise"]["max"] == pytest.approx(0.756 / 14.8 * 5) and summary["last5_rise"]["min"] == 0.0
     text = capsys.readouterr().out
     assert "per-epoch curve:" in text and "exit_epoch" in text
+    # both runs' curves on one figure, 1100 x 420 px
+    import cv2
+
+    image = cv2.imread(str(out / "curves.png"))
+    assert f"curves: {out / 'curves.png'}" in text and image.shape == (420, 1100, 3) and image.std() > 10
+
+
+def test_stability_curves_label_folders_of_one_name_by_project(tmp_path, capsys, monkeypatch):
+    from detforge.eval import plots
+
+    drawn = {}
+    monkeypatch.setattr(plots, "plot_run_curves", lambda curves, out: drawn.update(curves) or out)
+    runs = [_write_run(tmp_path / p / "seed0", CURVE, 0, (0.32, 0.60, 5)) for p in ("x", "y")]
+    assert run_stability({"runs": ",".join(map(str, runs)), "project": str(tmp_path), "name": "stab"}) == 0
+    assert list(drawn) == ["x/seed0", "y/seed0"] and [c["epoch"] for c in drawn["x/seed0"]] == [1, 2, 3, 4, 5, 7]
 
 
 def test_stability_runs_refusals(tmp_path):

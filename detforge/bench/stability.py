@@ -12,6 +12,9 @@ too: every rank trains, rank 0 writes.
 
 ``runs=DIR,DIR`` summarises finished run folders instead of training (seeds trained apart, on
 several machines or in turns): the same tables, one row per folder.
+
+``curves.png`` beside the tables draws every run's per-epoch mAP50-95 and mAP50 on shared axes,
+each run's exit epoch ringed and its last 5 epochs thick.
 """
 
 from __future__ import annotations
@@ -117,16 +120,27 @@ def summarize_runs(args: dict) -> int:
     out_dir = increment_path(Path(args.get("project", "runs")) / (args.get("name") or "stability"),
                              bool(args.get("exist_ok", False)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    report(out_dir, rows)
+    report(out_dir, rows, folders)
     return 0
 
 
-def report(out_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """Summarise ``rows``, write stability.csv / .json to ``out_dir`` and print the tables."""
+def report(out_dir: Path, rows: list[dict[str, Any]], run_dirs: list[Path]) -> None:
+    """Summarise ``rows``, write stability.csv / .json and curves.png (the per-epoch curves of
+    ``run_dirs``, one per row) to ``out_dir`` and print the tables."""
     summary = summarize(rows, STABILITY_METRICS + CURVE_METRICS)
     write_results(out_dir, rows, summary)
     print(format_table(rows, summary))
     print(f"results: {out_dir / 'stability.csv'}")
+    try:
+        from detforge.eval.plots import plot_run_curves
+
+        names = [d.name for d in run_dirs]
+        # runs= may name folders of one name in different projects (seed0, seed0, ...)
+        labels = names if len(set(names)) == len(names) else [f"{d.parent.name}/{d.name}" for d in run_dirs]
+        curves = {label: read_curve(d / "metrics.csv") for label, d in zip(labels, run_dirs)}
+        print(f"curves: {plot_run_curves(curves, out_dir / 'curves.png')}")
+    except Exception as e:  # the tables are written; a plot must not turn them into a failure
+        LOG.warning("curves.png not drawn: %s: %s", type(e).__name__, e)
 
 
 def run_stability(args: dict) -> int:
@@ -163,10 +177,12 @@ def run_stability(args: dict) -> int:
     LOG.info("bench stability: %d seeds -> %s", seeds, out_dir)
 
     rows: list[dict[str, Any]] = []
+    run_dirs: list[Path] = []
     for seed in range(seeds):
         cfg = build_config({**args, "seed": seed, "project": str(out_dir), "name": f"seed{seed}", "exist_ok": True})
         metrics = Trainer(cfg).train()
-        rows.append(run_row(Path(metrics["save_dir"]), seed, metrics, curve=info.is_main))
+        run_dirs.append(Path(metrics["save_dir"]))
+        rows.append(run_row(run_dirs[-1], seed, metrics, curve=info.is_main))
     if info.is_main:
-        report(out_dir, rows)
+        report(out_dir, rows, run_dirs)
     return 0

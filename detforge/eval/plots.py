@@ -1,5 +1,5 @@
-"""The PNGs a user looks at: confidence curves, confusion matrix, per-epoch results, label
-statistics and prediction samples.
+"""The PNGs a user looks at: confidence curves, confusion matrix, per-epoch results (one run's,
+or several runs' side by side), label statistics and prediction samples.
 
 Figures are drawn through matplotlib's object API on the Agg canvas (no pyplot, no global
 backend switch), so plotting works headless and from worker threads. Sample grids are drawn
@@ -179,6 +179,37 @@ def plot_results(metrics_csv: Path, out: Path) -> Path:
         _empty_note(axes[0], "no epochs recorded yet")
     for ax in axes[len(shown):] if shown else axes[1:]:
         ax.set_visible(False)
+    return _save(fig, out)
+
+
+def plot_run_curves(curves: dict[str, list[dict[str, float]]], out: Path) -> Path:
+    """Several runs' validated epochs (``detforge.eval.curves.read_curve``, keyed by run label)
+    on shared axes: mAP50-95 with the last ``SWING_EPOCHS`` epochs drawn thicker, and mAP50 with
+    each run's exit epoch (first past half its final mAP50) ringed, so seeds that start late or
+    still climb at the end stand out."""
+    from detforge.eval.curves import SWING_EPOCHS, curve_figures
+
+    fig, axes = _figure(1, 2, size=(11.0, 4.2))
+    drawn = [(label, c) for label, c in curves.items() if c]
+    for label, curve in drawn:
+        epochs = [c["epoch"] for c in curve]
+        line, = axes[0].plot(epochs, [c["map50_95"] for c in curve], lw=1.2, label=label)
+        tail = curve[-SWING_EPOCHS:]
+        axes[0].plot([c["epoch"] for c in tail], [c["map50_95"] for c in tail], lw=3.0, color=line.get_color())
+        axes[1].plot(epochs, [c["map50"] for c in curve], lw=1.2, color=line.get_color())
+        exit_epoch = curve_figures(curve).get("exit_epoch")
+        if exit_epoch is not None:
+            hit = next(c for c in curve if c["epoch"] == exit_epoch)
+            axes[1].plot([exit_epoch], [hit["map50"]], "o", ms=9, mfc="none", color=line.get_color())
+    axes[0].set_title(f"mAP50-95 (last {SWING_EPOCHS} validated epochs thick)", fontsize=10)
+    axes[1].set_title("mAP50 (ring: first epoch past half the final)", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.grid(alpha=0.3)
+    if drawn:
+        axes[0].legend(fontsize=8, loc="upper left")
+    else:
+        _empty_note(axes[0], "no validated epochs")
     return _save(fig, out)
 
 
