@@ -476,7 +476,8 @@ def test_stability_bench_trains_each_seed(eval_root, tmp_path, capsys):
         last = list(csv.DictReader(open(out / f"seed{s}" / "metrics.csv")))[-1]
         assert float(row["last_map50_95"]) == pytest.approx(float(last["map50_95"]))
         assert float(row["last5_swing"]) == 0.0 and float(row["best_minus_last"]) == 0.0
-    assert "mean" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "mean" in text and f"curves: {out / 'curves.png'}" in text and (out / "curves.png").stat().st_size > 10_000
 
 
 # ---------------------------------------------------------------- spawning
