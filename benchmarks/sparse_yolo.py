@@ -30,11 +30,13 @@ ULTRALYTICS_RUN = """
 import json, sys
 from pathlib import Path
 from ultralytics import YOLO
-data, imgsz, batch, epochs, seed, project, name, images_json, out_dir = sys.argv[1:10]
+data, imgsz, batch, epochs, seed, project, name, images_json, out_dir, nbs = sys.argv[1:11]
+# nbs: Ultralytics' nominal batch; it steps the optimizer every round(nbs / batch) batches
+extra = {"nbs": int(nbs)} if int(nbs) > 0 else {}
 model = YOLO("yolo11n.yaml")
 model.train(data=data, imgsz=int(imgsz), batch=int(batch), epochs=int(epochs), device="cpu", workers=0,
             project=project, name=name, exist_ok=True, pretrained=False, amp=False, plots=False,
-            seed=int(seed), deterministic=False, verbose=False, save_period=1)
+            seed=int(seed), deterministic=False, verbose=False, save_period=1, **extra)
 weights = Path(model.trainer.save_dir) / "weights"
 images = json.loads(Path(images_json).read_text())
 for e in range(1, int(epochs) + 1):
@@ -105,7 +107,8 @@ def run_seed(args: argparse.Namespace, seed: int, gt: Path, listing: Path, data_
     start = time.time()
     out = subprocess.run(
         [str(ensure_peers(args.peers)), "-c", ULTRALYTICS_RUN, str(data_yaml), str(args.imgsz), str(args.batch),
-         str(args.epochs), str(seed), str(Path(args.project).resolve()), name, str(listing), str(preds)],
+         str(args.epochs), str(seed), str(Path(args.project).resolve()), name, str(listing), str(preds),
+         str(args.nbs or 0)],
         env=env, capture_output=True, text=True,
     )
     if out.returncode != 0:
@@ -119,7 +122,7 @@ def run_seed(args: argparse.Namespace, seed: int, gt: Path, listing: Path, data_
     for f in (work / "weights").glob("epoch*.pt"):
         f.unlink()  # 25 checkpoints per seed are not worth keeping
     return {"run": name, "arm": "yolo11n", "seed": seed, "data": args.data, "imgsz": args.imgsz, "batch": args.batch,
-            "epochs": args.epochs, "wall_s": round(time.time() - start), "curve": curve}
+            "epochs": args.epochs, "nbs": args.nbs, "wall_s": round(time.time() - start), "curve": curve}
 
 
 def main() -> None:
@@ -130,6 +133,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--nbs", type=int, default=None,
+                        help="Ultralytics' nominal batch (its default 64 steps every 4 batches at batch 16; "
+                             "--nbs 16 steps every batch, as detforge does)")
     parser.add_argument("--project", default="runs/sparse")
     parser.add_argument("--name", default="yolo11n")
     parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"))
